@@ -93,11 +93,12 @@ def etf_in_span(K: int) -> np.ndarray:
 
 
 def noisy_etf_features(K: int, n: int, d: int, sigma: float, *, scale: float = 1.0, mean=None,
-                       seed=None, dtype=np.float64):
+                       rotation=None, seed=None, dtype=np.float64):
     """A collapsing configuration: class means at a simplex ETF plus Gaussian noise.
 
     Returns ``(H, y)`` with ``H`` (K n, d), ``y = repeat(arange(K), n)``; the class-k rows are
-    ``scale * etf_k + mean + sigma * N(0, I_d)``.  With ``sigma -> 0`` this approaches
+    ``scale * etf_k + mean + sigma * N(0, I_d)``, with ``etf = simplex_etf(K, d, rotation=rotation,
+    seed=seed)`` (``rotation="random"`` spreads the means over all d coordinates).  With ``sigma -> 0`` this approaches
     perfect neural collapse (NC1 -> 0).  See :func:`expected_nc1_noisy_etf`.
     """
     if sigma < 0:
@@ -105,7 +106,7 @@ def noisy_etf_features(K: int, n: int, d: int, sigma: float, *, scale: float = 1
     if n < 1:
         raise ValueError(f"n (samples per class) must be >= 1, got {n}")
     rng = np.random.default_rng(seed)
-    M = scale * simplex_etf(K, d)
+    M = scale * simplex_etf(K, d, rotation=rotation, seed=seed)
     y = np.repeat(np.arange(K), n)
     H = M[y] + sigma * rng.standard_normal((K * n, d))
     if mean is not None:

@@ -74,7 +74,8 @@ def _f64(x, name: str, device=None) -> torch.Tensor:
             raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}") from exc
     dev = _device_for(t) if device is None else device
     t = t.to(device=dev, dtype=torch.float64)
-    if not torch.isfinite(t).all():
+    # one reduction instead of an N x d boolean mask; a sum that overflows is checked in full
+    if t.numel() and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or inf")
     return t
 
@@ -97,12 +98,36 @@ def _labels(y, N: int, device) -> torch.Tensor:
 
 
 def _features(H, name="H", device=None) -> torch.Tensor:
-    t = _f64(H, name, device)
+    """Validated (N, d) features as a torch tensor in their own float dtype (no full copy).
+
+    The in-memory metrics convert them to float64 chunk by chunk (:func:`_chunks`), which
+    avoids an N x d float64 copy; the streaming accumulator converts each batch.
+    """
+    if isinstance(H, torch.Tensor):
+        t = H.detach()
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(H))
+        except Exception as exc:  # pragma: no cover - exotic inputs
+            raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(H).__name__}") from exc
+    if not t.dtype.is_floating_point or t.dtype in (torch.float16, torch.bfloat16):
+        t = t.to(torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else torch.float64)
+    t = t.to(device=_device_for(t) if device is None else device)
     if t.ndim != 2:
         raise ValueError(f"{name} must be 2-D with features as rows, shape (N, d); got shape {tuple(t.shape)}")
     if t.shape[0] == 0:
         raise ValueError(f"{name} has no rows")
+    if not torch.isfinite(t.sum()) and not torch.isfinite(t).all():  # cheap check first
+        raise ValueError(f"{name} contains NaN or inf")
     return t
+
+
+_CHUNK = 8192  # rows converted to float64 at a time by the in-memory metrics
+
+
+def _chunks(H: torch.Tensor):
+    for start in range(0, H.shape[0], _CHUNK):
+        yield start, H[start:start + _CHUNK].to(torch.float64)
 
 
 def _num_classes(y: torch.Tensor, num_classes) -> int:
@@ -136,15 +161,46 @@ def _bias(b, K: int, device) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- core pieces
 def _class_stats(H: torch.Tensor, y: torch.Tensor, K: int):
-    """Counts (K,) and class means (K, d) by a one-hot matrix product."""
-    onehot = torch.zeros(K, H.shape[0], dtype=H.dtype, device=H.device)
-    onehot[y, torch.arange(H.shape[0], device=H.device)] = 1.0
-    counts = onehot.sum(1)
+    """Counts (K,) and class means (K, d) in float64, accumulated chunk by chunk."""
+    counts = torch.bincount(y, minlength=K).to(torch.float64)
     empty = torch.nonzero(counts == 0).flatten().tolist()
     if empty:
         raise ValueError(f"class(es) {empty} have no samples (K={K}); every class needs at least one")
-    means = (onehot @ H) / counts[:, None]
-    return counts, means
+    sums = torch.zeros(K, H.shape[1], dtype=torch.float64, device=H.device)
+    for start, Hc in _chunks(H):
+        sums.index_add_(0, y[start:start + Hc.shape[0]], Hc)
+    return counts, sums / counts[:, None]
+
+
+def _second_pass(H, y, K, means, As=(), W=None, b=None):
+    """One pass over H: squared projected residuals per projector, correct and NCC-mismatch counts.
+
+    ``(h_i - mu_{y_i}) A = h_i A - (mu A)_{y_i}``: each chunk needs one product with
+    ``[A_1, ..., W^T, means^T]`` (d x m, m ~ 4K) and no N x d residual matrix.
+    """
+    cols = list(As) + ([W.T, means.T] if W is not None else [])
+    B = torch.cat(cols, 1)
+    widths = [A.shape[1] for A in As]
+    r = sum(widths)
+    MA = means @ B[:, :r]
+    msq = means.pow(2).sum(1)
+    sq = torch.zeros(r, dtype=torch.float64, device=H.device)
+    correct = mismatch = 0
+    for start, Hc in _chunks(H):
+        yc = y[start:start + Hc.shape[0]]
+        P = Hc @ B
+        sq += (P[:, :r] - MA[yc]).pow(2).sum(0)
+        if W is not None:
+            net = (P[:, r:r + K] + b).argmax(1)
+            ncc = (msq - 2.0 * P[:, r + K:]).argmin(1)
+            correct += int((net == yc).sum())
+            mismatch += int((net != ncc).sum())
+    N = H.shape[0]
+    out, start = [], 0
+    for w in widths:
+        out.append(float(sq[start:start + w].sum() / N))
+        start += w
+    return out, correct / N, mismatch / N
 
 
 def _global_mean(means: torch.Tensor, counts: torch.Tensor, convention: str) -> torch.Tensor:
@@ -174,13 +230,11 @@ def _check_convention(convention):
         raise ValueError(f"unknown NC1 convention {convention!r}; allowed: {_CONVENTIONS}")
 
 
-def _nc1_from(H, y, K, counts, means, convention) -> float:
-    hG = _global_mean(means, counts, convention)
-    C = means - hG
-    A = _nc1_projector(C, min(K - 1, H.shape[1]))
-    R = H - means[y]
-    val = (R @ A).pow(2).sum() / H.shape[0]
-    return float(val * K) if convention == "papyan" else float(val)
+def _nc1_from(H, y, K, counts, means, conventions=("zhu",)) -> list:
+    """NC1 under each convention, sharing one pass over the features."""
+    As = [_nc1_projector(means - _global_mean(means, counts, c), min(K - 1, H.shape[1])) for c in conventions]
+    vals, _, _ = _second_pass(H, y, K, means, As)
+    return [v * K if c == "papyan" else v for c, v in zip(conventions, vals)]
 
 
 def _etf_target(K: int, like: torch.Tensor) -> torch.Tensor:
@@ -215,7 +269,7 @@ def nc1(H, y, num_classes: int | None = None, *, convention: str = "zhu") -> flo
     yt = _labels(y, Ht.shape[0], Ht.device)
     K = _num_classes(yt, num_classes)
     counts, means = _class_stats(Ht, yt, K)
-    return _nc1_from(Ht, yt, K, counts, means, convention)
+    return _nc1_from(Ht, yt, K, counts, means, (convention,))[0]
 
 
 def nc2(W) -> float:
@@ -241,7 +295,8 @@ def nc4(W, b, H) -> float:
     Ht = _features(H)
     Wt = _classifier(W, Ht.shape[1], Ht.device)
     bt = _bias(b, Wt.shape[0], Ht.device)
-    return float(torch.linalg.norm(bt + Wt @ Ht.mean(0)))
+    hG = sum(Hc.sum(0) for _, Hc in _chunks(Ht)) / Ht.shape[0]
+    return float(torch.linalg.norm(bt + Wt @ hG))
 
 
 def equinorm(X) -> float:
@@ -281,14 +336,7 @@ def ncc_mismatch(W, b, H, y) -> float:
     K = Wt.shape[0]
     _num_classes(yt, K)
     _, means = _class_stats(Ht, yt, K)
-    return _ncc_mismatch(Ht, Wt, bt, means)
-
-
-def _ncc_mismatch(H, W, b, means) -> float:
-    net = (H @ W.T + b).argmax(1)
-    # ||h - mu_k||^2 = ||h||^2 - 2 h.mu_k + ||mu_k||^2; ||h||^2 is the same for all k
-    ncc = (means.pow(2).sum(1) - 2.0 * H @ means.T).argmin(1)
-    return float((net != ncc).double().mean())
+    return _second_pass(Ht, yt, K, means, (), Wt, bt)[2]
 
 
 @dataclass
@@ -346,14 +394,9 @@ def nc_metrics(W, b, H, y) -> NCMetrics:
     _num_classes(yt, K)
     bt = _bias(b, K, Ht.device)
     counts, means = _class_stats(Ht, yt, K)
-    acc = float(((Ht @ Wt.T + bt).argmax(1) == yt).double().mean())
-    return _assemble(
-        Ht, yt, Wt, bt, K, counts, means,
-        _nc1_from(Ht, yt, K, counts, means, "zhu"),
-        _nc1_from(Ht, yt, K, counts, means, "papyan"),
-        acc,
-        _ncc_mismatch(Ht, Wt, bt, means),
-    )
+    As = [_nc1_projector(means - _global_mean(means, counts, c), min(K - 1, Ht.shape[1])) for c in _CONVENTIONS]
+    (nc1_zhu, nc1_pap), acc, mismatch = _second_pass(Ht, yt, K, means, As, Wt, bt)
+    return _assemble(Ht, yt, Wt, bt, K, counts, means, nc1_zhu, nc1_pap * K, acc, mismatch)
 
 
 class NCAccumulator:
@@ -386,7 +429,7 @@ class NCAccumulator:
 
     def update(self, H, y, logits=None) -> None:
         """Add a batch: features ``H`` (B, d), labels ``y`` (B,), optional logits (B, K)."""
-        Ht = _features(H, device=self.device)
+        Ht = _features(H, device=self.device).to(torch.float64)
         dev = Ht.device
         yt = _labels(y, Ht.shape[0], dev)
         if int(yt.max()) >= self.K:

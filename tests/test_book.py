@@ -1,0 +1,128 @@
+"""Tests of the book itself: chapter headers, paired .ipynb files, Colab links, nbval runs.
+
+* every chapter (a notebook listed in _toc.yml) has the same jupytext header and kernelspec,
+  starts with the same Colab setup cell (tagged to be skipped by the book build, papermill
+  and nbval) and has a cell tagged ``parameters``;
+* the paired, outputs-free ``.ipynb`` next to each ``.md`` holds the same cells (Colab opens it);
+* on the built HTML, each chapter's Colab button points at that ``.ipynb`` on the main branch;
+* every chapter runs under nbval (converted by jupytext into a scratch folder).
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+
+
+def _toc_files():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        for ch in part.get("chapters", []):
+            files.append(ch["file"])
+            files += [s["file"] for s in ch.get("sections", [])]
+    return files
+
+
+def chapters():
+    """The toc entries that are notebooks (a .md with a jupytext/kernelspec header)."""
+    out = []
+    for f in _toc_files():
+        p = ROOT / (f + ".md")
+        if p.exists() and p.read_text().startswith("---\njupytext:"):
+            out.append(p)
+    return out
+
+
+CHAPTERS = chapters()
+IDS = [p.stem for p in CHAPTERS]
+
+
+def _header(path):
+    text = path.read_text()
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def _cells(nb):
+    return [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", []))) for c in nb.cells]
+
+
+def test_there_are_chapters():
+    assert len(CHAPTERS) >= 1
+
+
+def test_identical_headers():
+    headers = [_header(p) for p in CHAPTERS]
+    for h in headers:
+        h.pop("accelerator", None)  # GPU chapters may ask Colab for a GPU runtime
+    for p, h in zip(CHAPTERS, headers):
+        assert h == headers[0], f"{p.name} header differs from {CHAPTERS[0].name}"
+    assert headers[0]["kernelspec"]["name"] == "python3"
+    assert headers[0]["jupytext"]["formats"] == "ipynb,md:myst"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
+def test_setup_and_parameters_cells(path):
+    nb = jupytext.read(path)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    setup = code[0]
+    assert {"skip-execution", "nbval-skip"} <= set(setup.metadata.get("tags", [])), "setup cell tags"
+    assert "pip" in setup.source and "find_spec(\"nclib\")" in setup.source
+    # the install URL is the repository of _config.yml, on the configured branch
+    url = CONFIG["repository"]["url"]
+    assert f"git+{url}@{CONFIG['repository']['branch']}" in setup.source
+    first_setup = jupytext.read(CHAPTERS[0]).cells
+    assert setup.source == [c for c in first_setup if c.cell_type == "code"][0].source
+    assert any("parameters" in c.metadata.get("tags", []) for c in code), "no cell tagged 'parameters'"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
+def test_paired_ipynb_in_sync(path):
+    ipynb = path.with_suffix(".ipynb")
+    assert ipynb.exists(), f"{ipynb.name} missing: run `jupytext --sync {path.relative_to(ROOT)}`"
+    md_nb, py_nb = jupytext.read(path), jupytext.read(ipynb)
+    assert _cells(md_nb) == _cells(py_nb), f"{ipynb.name} out of sync: run `jupytext --sync`"
+    assert all(not c.get("outputs") for c in py_nb.cells if c.cell_type == "code"), "commit it without outputs"
+    assert py_nb.metadata["kernelspec"]["name"] == "python3"
+
+
+HTML = ROOT / "_build" / "html"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
+def test_colab_link_points_to_runnable_ipynb(path):
+    page = HTML / path.relative_to(ROOT).with_suffix(".html")
+    if not page.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{page} not built: CI builds the book before the tests")
+        pytest.skip("book not built (run `jupyter-book build --all -W -n --keep-going .` first)")
+    links = set(re.findall(r'https://colab\.research\.google\.com/github/[^"\']+', page.read_text()))
+    assert len(links) == 1, links
+    link = links.pop()
+    repo = CONFIG["repository"]["url"].removeprefix("https://github.com/")
+    prefix = f"https://colab.research.google.com/github/{repo}/blob/{CONFIG['repository']['branch']}/"
+    assert link.startswith(prefix), link
+    target = ROOT / link.removeprefix(prefix)
+    assert target.suffix == ".ipynb" and target.exists(), link
+    assert _cells(jupytext.read(target)) == _cells(jupytext.read(path))
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
+def test_chapter_runs_under_nbval(path, tmp_path):
+    nb = jupytext.read(path)
+    out = tmp_path / (path.stem + ".ipynb")
+    jupytext.write(nb, out)
+    env = dict(os.environ, NCLIB_PROFILE=os.environ.get("NCLIB_PROFILE", "smoke"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-q", "-p", "no:cacheprovider",
+         "--nbval-cell-timeout=900", str(out)],
+        cwd=ROOT / "book", env=env, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]

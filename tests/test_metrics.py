@@ -1,0 +1,252 @@
+"""Tests for nclib.metrics: eqs. (7)-(10) against brute-force loops and hand-made cases."""
+import numpy as np
+import pytest
+import torch
+
+from nclib import etf, metrics
+
+
+# ----------------------------------------------------------------------------- references
+def brute_force(W, b, H, y, K, convention="zhu"):
+    """Eqs. (7)-(10) by per-sample loops and a d x d eigendecomposition (independent path)."""
+    H = np.asarray(H, dtype=np.float64)
+    N, d = H.shape
+    means = np.zeros((K, d))
+    counts = np.zeros(K)
+    for i in range(N):
+        means[y[i]] += H[i]
+        counts[y[i]] += 1
+    means /= counts[:, None]
+    hG = H.sum(0) / N if convention == "zhu" else means.mean(0)
+    SW = np.zeros((d, d))
+    for i in range(N):
+        r = H[i] - means[y[i]]
+        SW += np.outer(r, r)
+    SW /= N
+    SB = np.zeros((d, d))
+    for k in range(K):
+        c = means[k] - hG
+        SB += np.outer(c, c)
+    SB /= K
+    lam, U = np.linalg.eigh(SB)
+    r = min(K - 1, d)
+    lam, U = lam[::-1][:r], U[:, ::-1][:, :r]
+    SBpinv = (U / lam) @ U.T
+    nc1 = np.trace(SW @ SBpinv) / (K if convention == "zhu" else 1)
+    target = (np.eye(K) - np.ones((K, K)) / K) / np.sqrt(K - 1)
+    WWt = W @ W.T
+    nc2 = np.linalg.norm(WWt / np.linalg.norm(WWt) - target)
+    hG_z = H.sum(0) / N
+    Hbar = (means - hG_z).T  # d x K, the paper's convention
+    WH = W @ Hbar
+    nc3 = np.linalg.norm(WH / np.linalg.norm(WH) - target)
+    nc4 = np.linalg.norm(b + W @ hG_z)
+    correct = sum(int(np.argmax(W @ H[i] + b) == y[i]) for i in range(N))
+    return nc1, nc2, nc3, nc4, correct / N, means
+
+
+def random_problem(K=4, n=30, d=7, seed=0, spread=3.0):
+    rng = np.random.default_rng(seed)
+    centres = spread * rng.standard_normal((K, d))
+    y = rng.permutation(np.repeat(np.arange(K), n))
+    H = centres[y] + rng.standard_normal((K * n, d))
+    W = rng.standard_normal((K, d))
+    b = rng.standard_normal(K)
+    return W, b, H, y
+
+
+# ----------------------------------------------------------------------------- brute force
+@pytest.mark.parametrize("K,n,d", [(2, 20, 3), (3, 15, 5), (5, 12, 9), (4, 10, 2)])
+def test_against_brute_force(K, n, d):
+    W, b, H, y = random_problem(K, n, d, seed=K + d)
+    nc1, nc2, nc3, nc4, acc, _ = brute_force(W, b, H, y, K)
+    m = metrics.nc_metrics(W, b, H, y)
+    np.testing.assert_allclose([m.nc1, m.nc2, m.nc3, m.nc4, m.accuracy], [nc1, nc2, nc3, nc4, acc],
+                               rtol=1e-10, atol=1e-13)
+    assert metrics.nc1(H, y) == pytest.approx(nc1, rel=1e-10)
+    assert metrics.nc2(W) == pytest.approx(nc2, rel=1e-10)
+    assert metrics.nc3(W, H, y) == pytest.approx(nc3, rel=1e-10)
+    assert metrics.nc4(W, b, H) == pytest.approx(nc4, rel=1e-10)
+
+
+def test_papyan_convention_against_brute_force():
+    # unbalanced classes make the weighted and unweighted global means differ
+    rng = np.random.default_rng(5)
+    K, d = 3, 6
+    y = np.concatenate([np.full(5, 0), np.full(20, 1), np.full(11, 2)])
+    H = 2 * rng.standard_normal((K, d))[y] + rng.standard_normal((len(y), d))
+    ref = brute_force(np.eye(K, d), np.zeros(K), H, y, K, convention="papyan")[0]
+    assert metrics.nc1(H, y, convention="papyan") == pytest.approx(ref, rel=1e-10)
+    zhu = brute_force(np.eye(K, d), np.zeros(K), H, y, K)[0]
+    assert metrics.nc1(H, y) == pytest.approx(zhu, rel=1e-10)
+    assert abs(zhu * K - ref) > 1e-3 * ref  # the conventions really differ here
+    assert metrics.nc_metrics(np.eye(K, d), np.zeros(K), H, y).extras["nc1_papyan"] == pytest.approx(ref, rel=1e-10)
+
+
+# ----------------------------------------------------------------------------- hand-made
+def test_K2_by_hand():
+    # 1-D features 0, 2 | 4, 6: means 1, 5, global 3; Sigma_B = 4, Sigma_W = 1 -> NC1 = (1/2)(1/4)
+    H = np.array([[0.0], [2.0], [4.0], [6.0]])
+    y = np.array([0, 0, 1, 1])
+    assert metrics.nc1(H, y) == pytest.approx(1 / 8, rel=1e-14)
+    assert metrics.nc1(H, y, convention="papyan") == pytest.approx(1 / 4, rel=1e-14)
+    W = np.array([[-1.0], [1.0]])
+    b = np.array([3.0, -3.0])  # b = -W h_G: bias collapse exact
+    assert metrics.nc4(W, b, H) == pytest.approx(0.0, abs=1e-15)
+    assert metrics.nc4(W, np.zeros(2), H) == pytest.approx(np.sqrt(18.0), rel=1e-14)
+    # K = 2: any W with antipodal rows is a (scaled) simplex ETF
+    assert metrics.nc2(W) == pytest.approx(0.0, abs=1e-15)
+    assert metrics.nc3(W, H, y) == pytest.approx(0.0, abs=1e-15)
+    assert metrics.nc3(-W, H, y) == pytest.approx(2.0, rel=1e-14)  # W Hbar = -target: distance 2
+
+
+def test_K3_by_hand():
+    # classifier with orthonormal rows: W W^T / ||.||_F = I/sqrt(3) against (I - 11^T/3)/sqrt(2)
+    W = np.eye(3)
+    diag = 1 / np.sqrt(3) - (2 / 3) / np.sqrt(2)
+    off = (1 / 3) / np.sqrt(2)
+    assert metrics.nc2(W) == pytest.approx(np.sqrt(3 * diag**2 + 6 * off**2), rel=1e-14)
+    # features exactly at the ETF (one per class): NC1 = 0, NC3 = 0 when W is the same ETF
+    M = 5.0 * etf.simplex_etf(3, 4)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    H = M[y]
+    assert metrics.nc1(H, y) == pytest.approx(0.0, abs=1e-28)
+    assert metrics.nc3(etf.simplex_etf(3, 4), H, y) == pytest.approx(0.0, abs=1e-14)
+
+
+# ----------------------------------------------------------------------------- invariances
+def test_rotation_and_order_invariance():
+    W, b, H, y = random_problem(K=5, n=20, d=8, seed=3)
+    base = metrics.nc_metrics(W, b, H, y)
+    Q = etf.random_orthonormal(8, 8, seed=7)
+    rot = metrics.nc_metrics(W @ Q, b, H @ Q, y)
+    perm = np.random.default_rng(1).permutation(len(y))
+    shuf = metrics.nc_metrics(W, b, H[perm], y[perm])
+    for other in (rot, shuf):
+        for key in ("nc1", "nc2", "nc3", "nc4", "accuracy"):
+            assert getattr(other, key) == pytest.approx(getattr(base, key), rel=1e-9, abs=1e-12)
+
+
+def test_scale_invariance_of_nc1_nc2_nc3():
+    W, b, H, y = random_problem(seed=4)
+    a = metrics.nc_metrics(W, b, H, y)
+    s = metrics.nc_metrics(10 * W, b, 0.01 * H, y)
+    for key in ("nc1", "nc2", "nc3"):
+        assert getattr(s, key) == pytest.approx(getattr(a, key), rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- inputs
+def test_torch_and_numpy_inputs_agree():
+    W, b, H, y = random_problem(seed=6)
+    a = metrics.nc_metrics(W, b, H, y).to_dict()
+    t = metrics.nc_metrics(torch.tensor(W), torch.tensor(b), torch.tensor(H, dtype=torch.float64),
+                           torch.tensor(y)).to_dict()
+    for k, v in a.items():
+        assert t[k] == pytest.approx(v, rel=1e-12, abs=1e-15), k
+
+
+def test_float32_input_is_computed_in_float64():
+    # features near collapse: float32 storage, float64 arithmetic -> NC1 matches the float64 value
+    K, n, d, sigma = 10, 200, 64, 1e-4 / 8
+    H, y = etf.noisy_etf_features(K, n, d, sigma, seed=0)
+    ref = metrics.nc1(H, y)
+    got = metrics.nc1(torch.tensor(H, dtype=torch.float32), torch.tensor(y))
+    assert got == pytest.approx(ref, rel=1e-2)
+    assert ref == pytest.approx(etf.expected_nc1_noisy_etf(K, n, sigma), rel=0.1)
+
+
+# ----------------------------------------------------------------------------- extras
+def test_extras_against_loops():
+    W, b, H, y = random_problem(K=4, n=25, d=6, seed=8)
+    m = metrics.nc_metrics(W, b, H, y)
+    *_, means = brute_force(W, b, H, y, 4)
+    C = means - H.mean(0)
+    norms = np.linalg.norm(C, axis=1)
+    assert m.extras["equinorm_H"] == pytest.approx(norms.std() / norms.mean(), rel=1e-10)
+    cos = [C[k] @ C[l] / (norms[k] * norms[l]) for k in range(4) for l in range(4) if k != l]
+    assert m.extras["equiangularity_H"] == pytest.approx(np.mean(np.abs(np.array(cos) + 1 / 3)), rel=1e-10)
+    mism = 0
+    for i in range(len(y)):
+        net = np.argmax(W @ H[i] + b)
+        ncc = np.argmin([np.sum((H[i] - means[k]) ** 2) for k in range(4)])
+        mism += int(net != ncc)
+    assert m.extras["ncc_mismatch"] == pytest.approx(mism / len(y), abs=1e-15)
+    assert metrics.ncc_mismatch(W, b, H, y) == pytest.approx(mism / len(y), abs=1e-15)
+
+
+# ----------------------------------------------------------------------------- streaming
+@pytest.mark.parametrize("batch", [1, 7, 64, 10_000])
+def test_streaming_equals_in_memory(batch):
+    W, b, H, y = random_problem(K=5, n=40, d=9, seed=9)
+    ref = metrics.nc_metrics(W, b, H, y)
+    acc = metrics.NCAccumulator(5)
+    for i in range(0, len(y), batch):
+        hb = torch.tensor(H[i:i + batch])
+        acc.update(hb, y[i:i + batch], logits=hb @ torch.tensor(W).T + torch.tensor(b))
+    got = acc.compute(W, b)
+    for key in ("nc1", "nc2", "nc3", "nc4", "accuracy"):
+        assert getattr(got, key) == pytest.approx(getattr(ref, key), rel=1e-9, abs=1e-14), key
+    assert got.extras["nc1_papyan"] == pytest.approx(ref.extras["nc1_papyan"], rel=1e-9)
+    assert got.extras["ncc_mismatch"] is None
+
+
+def test_streaming_near_collapse_with_large_mean_has_no_cancellation():
+    # ReLU-like features: big global mean, tiny within-class spread. A raw second moment
+    # would cancel catastrophically; the per-class shift keeps NC1 accurate.
+    K, n, d, sigma = 10, 100, 32, 1e-6
+    H, y = etf.noisy_etf_features(K, n, d, sigma, mean=50.0 * np.ones(d), seed=2)
+    ref = metrics.nc1(H, y)
+    acc = metrics.NCAccumulator(K)
+    for i in range(0, len(y), 128):
+        acc.update(H[i:i + 128], y[i:i + 128])
+    assert acc.compute(etf.simplex_etf(K, d), np.zeros(K)).nc1 == pytest.approx(ref, rel=1e-6)
+
+
+def test_streaming_errors():
+    acc = metrics.NCAccumulator(3)
+    with pytest.raises(ValueError, match="no batch"):
+        acc.compute(np.eye(3), np.zeros(3))
+    acc.update(np.ones((2, 4)), [0, 1])
+    with pytest.raises(ValueError, match="no samples"):
+        acc.compute(np.eye(3, 4), np.zeros(3))
+    with pytest.raises(ValueError, match="d=5"):
+        acc.update(np.ones((2, 5)), [0, 2])
+    with pytest.raises(ValueError, match="out of range"):
+        acc.update(np.ones((2, 4)), [0, 3])
+    with pytest.raises(ValueError, match="num_classes"):
+        metrics.NCAccumulator(1)
+
+
+# ----------------------------------------------------------------------------- errors
+def test_bad_inputs_raise_clear_errors():
+    W, b, H, y = random_problem(K=3, n=5, d=4, seed=0)
+    with pytest.raises(ValueError, match="labels but H has"):
+        metrics.nc1(H, y[:-1])
+    with pytest.raises(ValueError, match="2-D"):
+        metrics.nc1(H[0], y[:1])
+    with pytest.raises(ValueError, match=r"class\(es\) \[1\] have no samples"):
+        metrics.nc1(H[y != 1], np.where(y[y != 1] == 2, 2, 0))
+    with pytest.raises(ValueError, match="K >= 2"):
+        metrics.nc1(H, np.zeros_like(y))
+    bad = H.copy(); bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        metrics.nc1(bad, y)
+    bad[0, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        metrics.nc_metrics(W, b, bad, y)
+    with pytest.raises(ValueError, match="features have d=4"):
+        metrics.nc_metrics(W[:, :3], b, H, y)
+    with pytest.raises(ValueError, match=r"b must have shape"):
+        metrics.nc_metrics(W, b[:2], H, y)
+    with pytest.raises(ValueError, match="K >= 2 rows"):
+        metrics.nc2(W[:1])
+    with pytest.raises(ValueError, match="integer"):
+        metrics.nc1(H, y + 0.5)
+    with pytest.raises(ValueError, match=">= 0"):
+        metrics.nc1(H, y - 1)
+    with pytest.raises(ValueError, match="convention"):
+        metrics.nc1(H, y, convention="mine")
+    with pytest.raises(ValueError, match="out of range"):
+        metrics.nc_metrics(W[:2], b[:2], H, y)
+    with pytest.raises(ValueError, match="coincide"):
+        metrics.nc1(np.ones((6, 3)), np.array([0, 1, 2, 0, 1, 2]))
