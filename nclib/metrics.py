@@ -2,8 +2,12 @@
 
 Shapes: features are rows, ``H`` is (N, d), ``y`` is (N,) integer labels in ``[0, K)``,
 ``W`` is (K, d), ``b`` is (K,).  The paper writes H as d x N.  Inputs may be numpy
-arrays or torch tensors on any device; everything is computed in float64 (on the
-input's device, except Apple ``mps`` which has no float64 and is moved to the CPU).
+arrays or torch tensors on any device (Apple ``mps``, which has no float64, is moved to
+the CPU).  Every statistic is accumulated and every metric is formed in float64.  The only
+O(N d) products done in the input's precision are those of exactly centred residuals
+(``h - c`` with ``c`` a nearby feature or class mean), whose rounding error is relative
+to the residual, not to the feature, so that float32 features near collapse give NC1
+to about 1e-6 relative accuracy without an N x d float64 copy (tested down to NC1 ~ 1e-14).
 
 Definitions (Zhu et al., Section 4, the book's default convention):
 
@@ -100,8 +104,9 @@ def _labels(y, N: int, device) -> torch.Tensor:
 def _features(H, name="H", device=None) -> torch.Tensor:
     """Validated (N, d) features as a torch tensor in their own float dtype (no full copy).
 
-    The in-memory metrics convert them to float64 chunk by chunk (:func:`_chunks`), which
-    avoids an N x d float64 copy; the streaming accumulator converts each batch.
+    The in-memory metrics read them chunk by chunk (:func:`_chunks`) and never make an N x d
+    float64 copy (see :func:`_class_stats` and :func:`_second_pass` for the precision); the
+    streaming accumulator converts each batch to float64.
     """
     if isinstance(H, torch.Tensor):
         t = H.detach()
@@ -122,12 +127,12 @@ def _features(H, name="H", device=None) -> torch.Tensor:
     return t
 
 
-_CHUNK = 8192  # rows converted to float64 at a time by the in-memory metrics
+_CHUNK = 4096  # rows processed at a time by the in-memory metrics
 
 
 def _chunks(H: torch.Tensor):
     for start in range(0, H.shape[0], _CHUNK):
-        yield start, H[start:start + _CHUNK].to(torch.float64)
+        yield start, H[start:start + _CHUNK]
 
 
 def _num_classes(y: torch.Tensor, num_classes) -> int:
@@ -161,38 +166,62 @@ def _bias(b, K: int, device) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- core pieces
 def _class_stats(H: torch.Tensor, y: torch.Tensor, K: int):
-    """Counts (K,) and class means (K, d) in float64, accumulated chunk by chunk."""
+    """Counts (K,) and float64 class means (K, d), accumulated chunk by chunk.
+
+    Each class is summed around a shift ``c_k`` (its first sample), so the sums are of
+    residuals ``h - c_k``: in the features' own precision their rounding error is relative
+    to the (small, near collapse) within-class spread, not to ``||h||``.  The partial sums
+    are accumulated in float64 and ``mu_k = c_k + sum_k / n_k`` is formed in float64.
+    """
     counts = torch.bincount(y, minlength=K).to(torch.float64)
     empty = torch.nonzero(counts == 0).flatten().tolist()
     if empty:
         raise ValueError(f"class(es) {empty} have no samples (K={K}); every class needs at least one")
+    N = H.shape[0]
+    first = torch.full((K,), N, dtype=torch.long, device=H.device)
+    first.scatter_reduce_(0, y, torch.arange(N, device=H.device), reduce="amin")
+    shift = H[first]
     sums = torch.zeros(K, H.shape[1], dtype=torch.float64, device=H.device)
     for start, Hc in _chunks(H):
-        sums.index_add_(0, y[start:start + Hc.shape[0]], Hc)
-    return counts, sums / counts[:, None]
+        yc = y[start:start + Hc.shape[0]]
+        onehot = torch.nn.functional.one_hot(yc, K).to(H.dtype)
+        sums += (onehot.T @ (Hc - shift[yc])).to(torch.float64)
+    return counts, shift.to(torch.float64) + sums / counts[:, None]
 
 
 def _second_pass(H, y, K, means, As=(), W=None, b=None):
     """One pass over H: squared projected residuals per projector, correct and NCC-mismatch counts.
 
-    ``(h_i - mu_{y_i}) A = h_i A - (mu A)_{y_i}``: each chunk needs one product with
-    ``[A_1, ..., W^T, means^T]`` (d x m, m ~ 4K) and no N x d residual matrix.
+    The residuals ``r_i = h_i - mu_{y_i}`` are formed in the features' precision against the
+    means rounded to it (``mu~``); a subtraction of nearby numbers is exact in floating point
+    (Sterbenz), so ``r`` carries an error relative to ``||r||``, not to ``||h||``.  The
+    products ``r A`` (d x r, r ~ 2K) are taken in that precision, converted to float64, and
+    corrected by ``(mu - mu~) A``; squares and sums are float64.  For float64 input every step
+    is float64.  No N x d float64 copy and no d x d matrix is formed.
     """
-    cols = list(As) + ([W.T, means.T] if W is not None else [])
-    B = torch.cat(cols, 1)
+    wd = H.dtype
     widths = [A.shape[1] for A in As]
     r = sum(widths)
-    MA = means @ B[:, :r]
-    msq = means.pow(2).sum(1)
+    means_w = means.to(wd)
     sq = torch.zeros(r, dtype=torch.float64, device=H.device)
+    if r:
+        A64 = torch.cat(list(As), 1)
+        Aw = A64.to(wd)
+        corr = (means - means_w.to(torch.float64)) @ A64  # K x r, rounding of the means
+    if W is not None:
+        S64 = torch.cat([W, means]).T  # d x 2K: logits and nearest-class-centre scores
+        Sw = S64.to(wd)
+        msq = means.pow(2).sum(1)
     correct = mismatch = 0
     for start, Hc in _chunks(H):
         yc = y[start:start + Hc.shape[0]]
-        P = Hc @ B
-        sq += (P[:, :r] - MA[yc]).pow(2).sum(0)
+        if r:
+            P = ((Hc - means_w[yc]) @ Aw).to(torch.float64) - corr[yc]
+            sq += P.pow(2).sum(0)
         if W is not None:
-            net = (P[:, r:r + K] + b).argmax(1)
-            ncc = (msq - 2.0 * P[:, r + K:]).argmin(1)
+            Q = (Hc @ Sw).to(torch.float64)
+            net = (Q[:, :K] + b).argmax(1)
+            ncc = (msq - 2.0 * Q[:, K:]).argmin(1)
             correct += int((net == yc).sum())
             mismatch += int((net != ncc).sum())
     N = H.shape[0]
@@ -295,7 +324,7 @@ def nc4(W, b, H) -> float:
     Ht = _features(H)
     Wt = _classifier(W, Ht.shape[1], Ht.device)
     bt = _bias(b, Wt.shape[0], Ht.device)
-    hG = sum(Hc.sum(0) for _, Hc in _chunks(Ht)) / Ht.shape[0]
+    hG = sum(Hc.to(torch.float64).sum(0) for _, Hc in _chunks(Ht)) / Ht.shape[0]
     return float(torch.linalg.norm(bt + Wt @ hG))
 
 
