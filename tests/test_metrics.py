@@ -250,3 +250,19 @@ def test_bad_inputs_raise_clear_errors():
         metrics.nc_metrics(W[:2], b[:2], H, y)
     with pytest.raises(ValueError, match="coincide"):
         metrics.nc1(np.ones((6, 3)), np.array([0, 1, 2, 0, 1, 2]))
+
+
+@pytest.mark.parametrize("sigma,mean", [(1e-4, 0.0), (1e-6, 0.0), (1e-5, 3.0)])
+def test_float32_path_matches_float64_on_the_same_values(sigma, mean):
+    # The in-memory metrics keep float32 features in float32 and work on exactly centred
+    # residuals; the result must equal the float64 computation on the same (rounded) values.
+    K, n, d = 10, 300, 64
+    H, y = etf.noisy_etf_features(K, n, d, sigma / np.sqrt(d), mean=mean * np.ones(d), seed=3,
+                                  dtype=np.float32)
+    W = etf.simplex_etf(K, d)
+    m32 = metrics.nc_metrics(W, np.zeros(K), torch.from_numpy(H), torch.from_numpy(y))
+    m64 = metrics.nc_metrics(W, np.zeros(K), H.astype(np.float64), y)
+    assert m64.nc1 > 0
+    for key in ("nc1", "nc3", "nc4", "accuracy"):
+        assert getattr(m32, key) == pytest.approx(getattr(m64, key), rel=1e-5, abs=1e-15), key
+    assert m32.extras["nc1_papyan"] == pytest.approx(m64.extras["nc1_papyan"], rel=1e-5)
