@@ -8,7 +8,7 @@ Accuracy is measured on nearly collapsed features: unit-norm simplex-ETF class m
 Gaussian noise of standard deviation ``1e-4/sqrt(d)`` per coordinate, whose expected NC1 is
 ``(1 - K/N) sigma^2 (K-1)^2 / K`` to leading order (``nclib.etf.expected_nc1_noisy_etf``).
 
-Run:  python benchmarks/bench_metrics.py [--n-per-class 5000] [--d 512] [--repeats 3]
+Run:  python benchmarks/bench_metrics.py [--n-per-class 5000] [--d 512] [--repeats 3] [--threads 1]
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import time
 import numpy as np
 import scipy.linalg
 import torch
+from threadpoolctl import threadpool_limits
 
 from nclib import etf, metrics
 
@@ -64,9 +65,13 @@ def main():
     ap.add_argument("--K", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--naive-repeats", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch and BLAS threads for both methods (1: robust on a shared machine)")
     ap.add_argument("--sweep-n-per-class", type=int, default=1000,
                     help="samples per class for the noise sweep (0 to skip it)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)
     K, n, d = args.K, args.n_per_class, args.d
     sigma = 1e-4 / np.sqrt(d)
     H, y = etf.noisy_etf_features(K, n, d, sigma, seed=0, dtype=np.float32)
