@@ -1,0 +1,208 @@
+"""Tests of nclib.experiments: the named runs of Figures 3-7 and the JSON results store."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+import pytest
+import torch
+
+import nclib.experiments as E
+import nclib.train as T
+
+TIMING = ("seconds", "train_seconds", "wall_time")
+
+
+def strip(h):
+    out = {k: v for k, v in h.items() if k not in TIMING}
+    out["per_epoch"] = {k: v for k, v in h["per_epoch"].items() if k not in TIMING}
+    return out
+
+
+# ----------------------------------------------------------------------------- the configurations
+def test_names_cover_figures_3_to_7():
+    names = E.list_configs()
+    assert len(names) == len(set(names)) == 6 + 8 + 4 + 9
+    assert E.list_configs("fig4") == E.list_configs("fig3")
+    assert {n.split("-")[0] for n in names} == {"fig3", "fig5", "fig6", "fig7"}
+    for ds in ("mnist", "cifar10"):
+        for opt in ("sgd", "adam", "lbfgs"):
+            assert f"fig3-{ds}-{opt}" in names
+
+
+@pytest.mark.parametrize("bad, msg", [(("fig9-x", "cpu"), "unknown configuration"),
+                                      (("fig3-mnist-sgd", "gpu"), "unknown profile")])
+def test_unknown_names_and_profiles(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        E.get_config(*bad)
+
+
+def test_unknown_figure():
+    with pytest.raises(ValueError, match="unknown figure"):
+        E.list_configs("fig8")
+
+
+def test_full_profile_is_the_papers_protocol():
+    """Section 4 and ANCHORS.md part 1, field by field."""
+    for ds in ("mnist", "cifar10"):
+        for opt, lr, bs, step in (("sgd", 0.05, 256, 40), ("adam", 1e-3, 64, 40), ("lbfgs", 0.1, 2048, None)):
+            c = E.get_config(f"fig3-{ds}-{opt}", "full")
+            assert (c.dataset, c.model, c.optimizer, c.lr, c.batch_size, c.lr_step, c.lr_gamma, c.epochs) == \
+                (ds, "resnet18", opt, lr, bs, step, 0.1, 200)
+            assert c.weight_decay == 5e-4 and c.regularization == "all" and c.n_per_class is None
+            assert c.width is None and c.stem == "imagenet" and not c.augment
+    for n in E.list_configs("fig5"):
+        c = E.get_config(n, "full")
+        assert c.random_labels and c.normalization == "imagenet" and c.dataset == "cifar10"
+        assert (c.optimizer, c.lr, c.weight_decay, c.batch_size) == ("sgd", 0.01, 1e-4, 64)
+        assert c.depth == (4 if c.model == "mlp" else None)
+    widths = [E.get_config(f"fig5-mlp-w{i}", "full").width for i in range(1, 5)]
+    assert widths == sorted(widths) and len(set(widths)) == 4
+    w = E.get_config("fig6-cifar10-whb", "full")
+    assert (w.regularization, w.lambda_W, w.lambda_b, w.lambda_H) == ("whb", 0.01, 0.01, 1e-5)
+    assert E.get_config("fig6-mnist-all", "full").regularization == "all"
+    r50 = E.get_config("fig7-cifar10-resnet50-etf", "full")
+    assert (r50.model, r50.stem, r50.augment, r50.fixed_classifier) == ("resnet50", "cifar", True, "etf")
+    assert E.get_config("fig7-mnist-resnet18-dk", "full").feature_dim == 10
+    assert not E.get_config("fig7-mnist-resnet18-learned", "full").augment
+
+
+def test_cpu_profile_uses_real_small_data():
+    for n in E.list_configs():
+        c = E.get_config(n, "cpu")
+        assert c.dataset in ("mnist", "cifar10-jpeg"), n
+        assert c.n_per_class is not None and c.n_per_class <= 100
+        assert c.epochs <= 60
+        s = E.get_config(n, "smoke")
+        assert s.dataset in ("digits", "gaussian") and s.epochs <= 2
+
+
+def test_hash_and_path():
+    c = E.get_config("fig3-mnist-sgd", "smoke")
+    assert E.config_hash(c) == E.config_hash(E.get_config("fig3-mnist-sgd", "smoke"))
+    assert E.config_hash(c.replace(lr=0.01)) != E.config_hash(c)
+    assert E.config_hash(c.replace(bf16=True)) != E.config_hash(c)
+    p = E.results_path(c, "somewhere")
+    assert p.name == f"fig3-mnist-sgd__smoke__{E.config_hash(c)}.json" and p.parent.name == "somewhere"
+    with pytest.raises(ValueError, match="ExperimentConfig"):
+        E.config_hash({"name": "x"})
+    with pytest.raises(ValueError, match="ExperimentConfig"):
+        E.load_or_run({"name": "x"})
+    with pytest.raises(ValueError, match="ExperimentConfig"):
+        E.load_or_run("fig3-mnist-sgd")
+    # a dict of the fields (as read back from a results file) is the same configuration
+    assert E.config_hash(json.loads(json.dumps(c.to_dict()))) == E.config_hash(c)
+
+
+# ----------------------------------------------------------------------------- smoke runs
+@pytest.mark.parametrize("name", E.list_configs())
+def test_smoke_run_of_every_configuration(name, tmp_path, monkeypatch):
+    c = E.get_config(name, "smoke")
+    res = E.load_or_run(c, tmp_path, device="cpu", checkpoint_dir=tmp_path / "ck", progress=False)
+    path = E.results_path(c, tmp_path)
+    assert path.exists() and not list((tmp_path / "ck").glob("*.pt"))  # checkpoint removed when done
+    h = res["history"]
+    assert h["epoch"] == list(range(1, c.epochs + 1))
+    for k in ("nc1", "nc2", "nc3", "nc4", "train_acc", "test_acc"):
+        assert len(h[k]) == c.epochs
+    assert res["final"]["train_acc"] == h["train_acc"][-1]
+    assert res["config"] == json.loads(json.dumps(c.to_dict()))
+    p = res["provenance"]
+    for k in ("nclib_version", "git_commit", "torch_version", "device", "device_name", "tf32_matmul",
+              "tf32_cudnn", "bf16_autocast", "torch_compile", "wall_time_s", "date"):
+        assert k in p, k
+    assert p["device"] == "cpu" and p["bf16_autocast"] is False
+    # parameter counts: independent count on a freshly built model
+    from nclib import models
+    m = models.build(c.model, 10, feature_dim=c.feature_dim, fixed_classifier=c.fixed_classifier,
+                     width=c.width, depth=c.depth, stem=c.stem)
+    assert res["parameters"]["total"] == sum(q.numel() for q in m.parameters())
+    assert res["parameters"]["trainable"] == sum(q.numel() for q in m.parameters() if q.requires_grad)
+    if c.fixed_classifier:
+        assert res["parameters"]["trainable"] == res["parameters"]["total"] - res["parameters"]["classifier_weight"]
+    if c.random_labels:
+        rl = res["data"]["random_labels"]
+        u8 = base64.b64decode(rl["uint8_base64"])
+        assert hashlib.sha256(u8).hexdigest() == rl["sha256"]
+        labels = torch.frombuffer(bytearray(u8), dtype=torch.uint8)
+        assert torch.bincount(labels.long(), minlength=10).unique().numel() == 1  # exactly balanced
+    # a second call loads and never trains
+    monkeypatch.setattr(E, "run_experiment", lambda *a, **k: pytest.fail("trained instead of loading"))
+    again = E.load_or_run(c, tmp_path, run=False)
+    assert again == res
+
+
+# ----------------------------------------------------------------------------- the store
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    d = tmp_path_factory.mktemp("results")
+    c = E.get_config("fig5-mlp-w1", "smoke")
+    res = E.load_or_run(c, d, device="cpu", checkpoint_dir=d, progress=False)
+    return c, d, res
+
+
+def test_run_false_and_missing_raises(tmp_path):
+    c = E.get_config("fig5-mlp-w2", "smoke")
+    with pytest.raises(ResultsNotFoundAlias, match="no stored results.*run=True"):
+        E.load_or_run(c, tmp_path, run=False)
+    assert not list(tmp_path.iterdir())
+
+
+ResultsNotFoundAlias = E.ResultsNotFound
+assert issubclass(E.ResultsNotFound, FileNotFoundError)
+
+
+def test_corrupt_file_raises(stored, tmp_path):
+    c, d, res = stored
+    p = E.results_path(c, tmp_path)
+    p.write_text(E.results_path(c, d).read_text()[:200])  # truncated: a killed writer without atomicity
+    with pytest.raises(ValueError, match="corrupt"):
+        E.load_or_run(c, tmp_path, run=False)
+    with pytest.raises(ValueError, match="corrupt"):  # even with run=True it must not silently retrain
+        E.load_or_run(c, tmp_path, run=True)
+    p.write_text("[1, 2, 3]")
+    with pytest.raises(ValueError, match="corrupt"):
+        E.load_or_run(c, tmp_path, run=False)
+
+
+def test_mismatched_file_raises(stored, tmp_path):
+    c, d, res = stored
+    obj = json.loads(E.results_path(c, d).read_text())
+    obj["config"]["lr"] = 0.5
+    E.results_path(c, tmp_path).write_text(json.dumps(obj))
+    with pytest.raises(ValueError, match="does not match.*lr"):
+        E.load_or_run(c, tmp_path, run=False)
+    obj["config"]["lr"] = c.lr
+    obj["config_hash"] = "0" * 12
+    E.results_path(c, tmp_path).write_text(json.dumps(obj))
+    with pytest.raises(ValueError, match="does not match"):
+        E.load_or_run(c, tmp_path, run=False)
+
+
+def test_missing_file_hint_names_other_hashes(stored):
+    c, d, res = stored
+    with pytest.raises(E.ResultsNotFound, match=E.results_path(c, d).name):
+        E.load_or_run(c.replace(lr=0.123), d, run=False)
+
+
+def test_load_or_run_resumes_from_checkpoint(stored, tmp_path, monkeypatch):
+    c, d, ref = stored
+    c = c.replace(epochs=3, lr_step=2)
+    ref = E.run_experiment(c, device="cpu", progress=False)
+    real = T._atomic_save
+
+    def die_after_epoch_2(obj, path):
+        real(obj, path)
+        if obj["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_atomic_save", die_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        E.load_or_run(c, tmp_path, device="cpu", checkpoint_dir=tmp_path / "ck", progress=False)
+    ck = tmp_path / "ck" / (E.results_path(c, tmp_path).stem + ".pt")
+    assert ck.exists() and not E.results_path(c, tmp_path).exists()
+    monkeypatch.setattr(T, "_atomic_save", real)
+    res = E.load_or_run(c, tmp_path, device="cpu", checkpoint_dir=tmp_path / "ck", progress=False)
+    assert strip(res["history"]) == strip(json.loads(json.dumps(ref["history"])))
+    assert not ck.exists()
