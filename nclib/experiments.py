@@ -298,7 +298,8 @@ def _git_commit() -> str:
                                 timeout=10).stdout.strip()
         if not commit:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        # changed or untracked files of the package itself make the commit not describe the code
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "."], cwd=here,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

@@ -117,3 +117,80 @@ def draw_simplex(ax, points: np.ndarray, *, labels=None, color_list=None, edges:
             for j in range(i + 1, K):
                 ax.plot(*np.stack([P[i], P[j]]).T, color="grey", lw=0.8, ls="--")
     return ax
+
+
+# ----------------------------------------------------------------------------- experiment results
+#: Labels of the history keys that :func:`plot_results` understands (Figures 3-7).
+RESULT_LABELS = dict(NC_LABELS, train_acc="train accuracy (%)", test_acc="test accuracy (%)",
+                     train_err="training error (%)", test_err="test error (%)")
+
+#: Colour keys of the experiment runs (member names of :func:`nclib.runner.chapter_groups`).
+RUN_COLOR_KEYS = {"sgd": "sgd", "adam": "adam", "lbfgs": "lbfgs", "all": "all", "whb": "uf",
+                  "learned": "learned", "etf": "fixed", "dk": "d=K"}
+
+
+def result_series(result: dict, key: str):
+    """``(epochs, values)`` of one run's history (a results dict of
+    :func:`nclib.experiments.load_or_run`): ``nc1``..``nc4`` as stored; ``train_acc`` /
+    ``test_acc`` in percent; ``train_err`` / ``test_err`` = 100 - accuracy (Figure 5's
+    misclassification percentage)."""
+    h = result["history"]
+    x = np.asarray(h["epoch"], dtype=float)
+    if key in ("train_err", "test_err"):
+        acc = key.replace("err", "acc")
+        return x, 100.0 * (1.0 - np.asarray(h[acc], dtype=float))
+    if key in ("train_acc", "test_acc"):
+        return x, 100.0 * np.asarray(h[key], dtype=float)
+    if key not in h:
+        raise ValueError(f"unknown history key {key!r}; allowed: {', '.join(RESULT_LABELS)}")
+    return x, np.asarray(h[key], dtype=float)
+
+
+def plot_results(axes, runs: dict, metrics=("nc1", "nc2", "nc3", "nc4"), *, log_metrics=("nc1",),
+                 color_keys: dict | None = None, title: str | None = None, legend_axis: int = 0):
+    """One panel per metric for several runs (Figures 3-7): ``runs`` maps a legend label to a
+    results dict; ``color_keys`` maps a label to a key of :data:`COLORS` (default: the label
+    itself, then the cycle).  Metrics in ``log_metrics`` get a log y axis (the paper plots
+    NC1 on a log scale).  Returns the axes."""
+    axes = np.atleast_1d(axes)
+    if len(axes) != len(metrics):
+        raise ValueError(f"got {len(axes)} axes for {len(metrics)} metrics")
+    color_keys = color_keys or {}
+    for ax, m in zip(axes, metrics):
+        for i, (label, res) in enumerate(runs.items()):
+            x, y = result_series(res, m)
+            if m in log_metrics:
+                y = np.where(y > 0, y, np.nan)  # a log axis cannot show 0
+            ax.plot(x, y, label=str(label), color=color(color_keys.get(label, label), i),
+                    marker="o" if len(x) < 4 else None, ms=3)
+        if m in log_metrics:
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(RESULT_LABELS.get(m, m))
+    if runs:
+        axes[legend_axis].legend(fontsize=8)
+    if title:
+        axes[0].set_title(title, loc="left", fontsize=9)
+    return axes
+
+
+def experiment_grid(row_titles, n_cols: int = 4, *, suptitle: str | None = None, width: float = 14.0,
+                    row_height: float = 3.3):
+    """A figure with one row of ``n_cols`` panels per entry of ``row_titles`` (Figures 3-7:
+    one row per dataset or model), each row titled (a subfigure, so that long captions do
+    not squeeze the panels).  Returns ``(fig, rows)``, ``rows[i]`` an array of ``n_cols`` axes."""
+    row_titles = list(row_titles)
+    if not row_titles:
+        raise ValueError("experiment_grid needs at least one row")
+    fig = plt.figure(figsize=(width, row_height * len(row_titles)), layout="constrained")
+    subs = np.atleast_1d(fig.subfigures(len(row_titles), 1))
+    rows = []
+    for sf, t in zip(subs, row_titles):
+        rows.append(np.atleast_1d(sf.subplots(1, n_cols)))
+        sf.suptitle(t, fontsize=9, x=0.01, ha="left")
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig, rows
+
+
+__all__ += ["RESULT_LABELS", "RUN_COLOR_KEYS", "result_series", "plot_results", "experiment_grid"]

@@ -36,7 +36,8 @@ def chapters():
     out = []
     for f in _toc_files():
         p = ROOT / (f + ".md")
-        if p.exists() and p.read_text().startswith("---\njupytext:"):
+        text = p.read_text() if p.exists() else ""
+        if text.startswith("---\n") and "jupytext:" in text.split("---\n")[1]:
             out.append(p)
     return out
 
