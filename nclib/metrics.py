@@ -67,20 +67,27 @@ def _device_for(x: torch.Tensor) -> torch.device:
     return torch.device("cpu") if x.device.type == "mps" else x.device
 
 
-def _f64(x, name: str, device=None) -> torch.Tensor:
-    """Any array-like -> float64 torch tensor (no copy when already float64 on the device)."""
+def _as_tensor(x, name: str) -> torch.Tensor:
+    """A numpy array or torch tensor as a detached torch tensor (no copy where possible)."""
     if isinstance(x, torch.Tensor):
-        t = x.detach()
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(x))
-        except Exception as exc:  # pragma: no cover - exotic inputs
-            raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}") from exc
-    dev = _device_for(t) if device is None else device
-    t = t.to(device=dev, dtype=torch.float64)
+        return x.detach()
+    try:
+        return torch.as_tensor(np.asarray(x))
+    except Exception as exc:  # pragma: no cover - exotic inputs
+        raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}") from exc
+
+
+def _check_finite(t: torch.Tensor, name: str) -> None:
     # one reduction instead of an N x d boolean mask; a sum that overflows is checked in full
     if t.numel() and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or inf")
+
+
+def _f64(x, name: str, device=None) -> torch.Tensor:
+    """Any array-like -> float64 torch tensor (no copy when already float64 on the device)."""
+    t = _as_tensor(x, name)
+    t = t.to(device=_device_for(t) if device is None else device, dtype=torch.float64)
+    _check_finite(t, name)
     return t
 
 
@@ -108,13 +115,7 @@ def _features(H, name="H", device=None) -> torch.Tensor:
     float64 copy (see :func:`_class_stats` and :func:`_second_pass` for the precision); the
     streaming accumulator converts each batch to float64.
     """
-    if isinstance(H, torch.Tensor):
-        t = H.detach()
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(H))
-        except Exception as exc:  # pragma: no cover - exotic inputs
-            raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(H).__name__}") from exc
+    t = _as_tensor(H, name)
     if not t.dtype.is_floating_point or t.dtype in (torch.float16, torch.bfloat16):
         t = t.to(torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else torch.float64)
     t = t.to(device=_device_for(t) if device is None else device)
@@ -122,8 +123,7 @@ def _features(H, name="H", device=None) -> torch.Tensor:
         raise ValueError(f"{name} must be 2-D with features as rows, shape (N, d); got shape {tuple(t.shape)}")
     if t.shape[0] == 0:
         raise ValueError(f"{name} has no rows")
-    if not torch.isfinite(t.sum()) and not torch.isfinite(t).all():  # cheap check first
-        raise ValueError(f"{name} contains NaN or inf")
+    _check_finite(t, name)
     return t
 
 
