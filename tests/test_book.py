@@ -123,7 +123,7 @@ def test_chapter_runs_under_nbval(path, tmp_path):
     env = dict(os.environ, NCLIB_PROFILE=os.environ.get("NCLIB_PROFILE", "smoke"))
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-q", "-p", "no:cacheprovider",
-         "--nbval-cell-timeout=900", str(out)],
+         "--nbval-cell-timeout=1800", str(out)],
         cwd=ROOT / "book", env=env, capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
