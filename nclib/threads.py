@@ -1,0 +1,44 @@
+"""How many CPU threads torch uses, chosen in one place.
+
+Measured on the project's 2-core machine (README, "Threads"): the book's workloads are many
+small tensor operations (the UFM solvers, the digits MLP, small ResNets at batch 64), where a
+second thread buys little and, on a machine that runs anything else, costs a lot: a 60-epoch
+digits training took 14.7 s with one thread and 155 s with two on a loaded machine
+(oversubscription).  So the default is one thread; ``$NCLIB_THREADS`` overrides it
+(e.g. on an idle many-core workstation).  On a GPU the CPU thread count barely matters.
+"""
+from __future__ import annotations
+
+import os
+
+__all__ = ["default_threads", "configure"]
+
+
+def default_threads() -> int:
+    """``$NCLIB_THREADS`` if set (an integer >= 1), else 1."""
+    v = os.environ.get("NCLIB_THREADS")
+    if v is None or v.strip() == "":
+        return 1
+    try:
+        n = int(v)
+    except ValueError:
+        raise ValueError(f"NCLIB_THREADS must be an integer >= 1, got {v!r}") from None
+    if n < 1:
+        raise ValueError(f"NCLIB_THREADS must be an integer >= 1, got {v!r}")
+    return n
+
+
+def configure(n: int | None = None) -> int:
+    """Set torch's intra-op threads (and the BLAS pools of numpy/scipy, through threadpoolctl)
+    to ``n`` (default :func:`default_threads`); returns the number set."""
+    import torch
+    n = default_threads() if n is None else n
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {n!r}")
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(n)
+    except ImportError:  # optional
+        pass
+    return n

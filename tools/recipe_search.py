@@ -1,0 +1,43 @@
+"""The small recipe search behind the ``cpu`` profile (training-set metrics only; never the test set).
+
+Each trial trains ResNet18 (width 0.25, ImageNet stem) with SGD on a balanced subset and records
+the *training-set* NC1-NC4 and train accuracy at log-spaced epochs.  The test set is not loaded.
+Usage::
+
+    python tools/recipe_search.py NAME DATASET N_PER_CLASS BATCH WD LR_STEP EPOCHS [OPTIMIZER LR]
+
+Each trial appends one JSON line to ``book/results/recipe_search.jsonl``.
+"""
+import json
+import pathlib
+import sys
+import time
+
+import torch
+
+torch.set_num_threads(1)
+from nclib import data as D, models as M, train as T  # noqa: E402
+
+
+def main(argv):
+    name, ds, npc, batch, wd, step, epochs = argv[:7]
+    opt = argv[7] if len(argv) > 7 else "sgd"
+    lr = float(argv[8]) if len(argv) > 8 else 0.05
+    npc, batch, wd, step, epochs = int(npc), int(batch), float(wd), int(step), int(epochs)
+    X, y = D.load_dataset(ds, "train", n_per_class=npc, seed=0)
+    torch.manual_seed(0)
+    model = M.build("resnet18", 10, width=0.25)
+    t0 = time.time()
+    h = T.train(model, (X, y), None, num_classes=10, optimizer=opt, epochs=epochs, lr=lr, batch_size=batch,
+                lr_step=None if step == 0 else step, weight_decay=wd, log_epochs="log", progress=False)
+    rec = dict(name=name, dataset=ds, n_per_class=npc, batch_size=batch, weight_decay=wd, lr_step=step,
+               epochs=epochs, optimizer=opt, lr=lr, wall_s=time.time() - t0, threads=torch.get_num_threads(),
+               epoch=h["epoch"], train_acc=h["train_acc"], nc1=h["nc1"], nc2=h["nc2"], nc3=h["nc3"], nc4=h["nc4"])
+    out = pathlib.Path(__file__).resolve().parents[1] / "book" / "results" / "recipe_search.jsonl"
+    with open(out, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    print(name, {k: rec[k][-1] for k in ("train_acc", "nc1", "nc2", "nc3", "nc4")}, f"{rec['wall_s']:.0f}s")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
