@@ -53,3 +53,38 @@ def test_experiment_grid():
     plt.close(fig)
     with pytest.raises(ValueError):
         plots.experiment_grid([])
+
+
+def test_experiment_grid_wraps_to_readable_rows():
+    fig, rows = plots.experiment_grid(["a " * 80, "b"], 4)
+    assert [len(r) for r in rows] == [4, 4] and len(fig.get_axes()) == 8
+    assert plots.panel_columns(fig) == plots.MAX_COLS == 2          # 4 metrics -> 2 x 2 per block
+    assert fig.get_size_inches()[0] == plots.FIG_WIDTH
+    assert "\n" in fig.subfigs[0].get_suptitle()                     # the long title is wrapped
+    plt.close(fig)
+    fig, rows = plots.experiment_grid(["x"], 3, max_cols=3, width=9)
+    assert plots.panel_columns(fig) == 3 and fig.get_size_inches()[0] == 9
+    plt.close(fig)
+
+
+def test_panel_grid_and_columns():
+    fig, axes = plots.panel_grid(5)
+    assert len(axes) == 5 and len(fig.get_axes()) == 5 and plots.panel_columns(fig) == 2
+    plt.close(fig)
+    fig, axes = plt.subplots(2, 3)
+    fig.colorbar(axes[0, 0].imshow(np.eye(2)), ax=axes)              # a colour bar is not a panel
+    assert plots.panel_columns(fig) == 3
+    plt.close(fig)
+    with pytest.raises(ValueError, match="n >= 1"):
+        plots.panel_grid(0)
+
+
+def test_html_table():
+    t = plots.html_table([["a<b", "1.5"], ["c", "2e-3"]], ["name", "value"], caption="cap")
+    h = t._repr_html_()
+    assert "<th>name</th>" in h and '<th style="text-align:right">value</th>' in h
+    assert "<td>a&lt;b</td>" in h and '<td style="text-align:right">2e-3</td>' in h
+    assert "<caption>cap</caption>" in h and "overflow-x:auto" in h
+    assert repr(t).splitlines() == ["cap", "name  value", " a<b    1.5", "   c   2e-3"]
+    with pytest.raises(ValueError, match="1 cells for 2 columns"):
+        plots.html_table([["x"]], ["a", "b"])
