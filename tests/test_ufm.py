@@ -262,7 +262,7 @@ def test_value_errors():
         lambda: closed_form(3, 2, 0.0, 1e-2, 0),
         lambda: closed_form(3, 2, 1e-2, 1e-2, -1),
         lambda: xi(-1.0, 3, 2, 1e-2, 1e-2),
-        lambda: global_minimizer(5, 2, 4, *LAMS),
+        lambda: global_minimizer(5, 2, 3, *LAMS),
         lambda: solve(3, 2, 4, *LAMS, optimizer="newton"),
         lambda: solve(3, 2, 0, *LAMS),
         lambda: solve(1, 2, 4, *LAMS),
@@ -283,8 +283,8 @@ def test_value_errors():
 def test_error_messages_name_the_value():
     with pytest.raises(ValueError, match="newton"):
         solve(3, 2, 4, *LAMS, optimizer="newton")
-    with pytest.raises(ValueError, match="d=4"):
-        global_minimizer(5, 2, 4, *LAMS)
+    with pytest.raises(ValueError, match="d=3"):
+        global_minimizer(5, 2, 3, *LAMS)
     with pytest.raises(ValueError, match="lambda_H"):
         closed_form(3, 2, 1e-2, -2.0, 0)
 
