@@ -29,6 +29,12 @@ Contents
   (Jin et al. 2017), which escapes the strict saddles above;
 * :func:`multistart`: many random initialisations of GD, SGD or Adam on (4) run at once
   (a batch of independent problems), for the "benign landscape" experiment.
+
+Other losses (:mod:`nclib.losses`: ``loss="mse"``, ``"label_smoothing"``, ``"focal"``) are accepted
+by :func:`hvp`, :func:`hessian`, :func:`hessian_min_eig`, :func:`curvature`,
+:func:`origin_hessian_spectrum`, :func:`origin_min_eig` and :func:`multistart` (Hessians by torch
+double backward, gradients by :func:`nclib.ufm.gradients`' formulas); the proof tools of Theorem 3.2,
+the convex counterpart and the constructed critical points are for the cross-entropy only.
 """
 from __future__ import annotations
 
@@ -40,18 +46,8 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
-
-
-class _LazyUfm:
-    """``nclib.ufm``, imported on first use: ufm re-exports this module's names, so neither
-    module may need the other while it is being imported."""
-
-    def __getattr__(self, name):
-        from . import ufm
-        return getattr(ufm, name)
-
-
-_ufm = _LazyUfm()
+from . import losses as _losses
+from . import ufm as _ufm          # one way: nclib.ufm does not import this module
 
 __all__ = [
     "pack",
@@ -141,22 +137,50 @@ def _hvp_analytic(W, H, b, y, lW, lH, lb, A, B, c, G=None, P=None):
             dG.sum(axis=0) + lb * c)                            # d(G^T 1 + lb b)
 
 
-def _f_torch(W, H, b, y, lW, lH, lb):
+def _f_torch(W, H, b, y, lW, lH, lb, loss="ce", kw=None):
     Z = H @ W.T + b
-    ce = torch.nn.functional.cross_entropy(Z, y, reduction="mean")
-    return ce + 0.5 * lW * (W * W).sum() + 0.5 * lH * (H * H).sum() + 0.5 * lb * (b * b).sum()
+    L = _losses.loss(Z, y, loss, reduction="mean", **(kw or {}))
+    return L + 0.5 * lW * (W * W).sum() + 0.5 * lH * (H * H).sum() + 0.5 * lb * (b * b).sum()
 
 
-def _hvp_autograd(W, H, b, y, lW, lH, lb, A, B, c):
-    t = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (W, H, b)]
-    yt = torch.as_tensor(y, dtype=torch.long)
-    g = torch.autograd.grad(_f_torch(*t, yt, lW, lH, lb), t, create_graph=True)
-    v = [torch.as_tensor(a, dtype=torch.float64) for a in (A, B, c)]
-    dot = sum((gi * vi).sum() for gi, vi in zip(g, v))
-    return tuple(h.detach().numpy() for h in torch.autograd.grad(dot, t))
+class _AutogradHvp:
+    """Hessian-vector products of f by torch double backward; the gradient graph is built once."""
+
+    def __init__(self, W, H, b, y, lW, lH, lb, loss="ce", kw=None):
+        self.t = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (W, H, b)]
+        yt = torch.as_tensor(y, dtype=torch.long)
+        self.g = torch.autograd.grad(_f_torch(*self.t, yt, lW, lH, lb, loss, kw), self.t, create_graph=True)
+
+    def __call__(self, A, B, c):
+        v = [torch.as_tensor(a, dtype=torch.float64) for a in (A, B, c)]
+        dot = sum((gi * vi).sum() for gi, vi in zip(self.g, v))
+        return tuple(h.detach().numpy() for h in torch.autograd.grad(dot, self.t, retain_graph=True))
 
 
-def hvp(W, H, b, y, lambda_W, lambda_H, lambda_b, direction, *, method: str = "analytic"):
+def _hvp_autograd(W, H, b, y, lW, lH, lb, A, B, c, loss="ce", kw=None):
+    return _AutogradHvp(W, H, b, y, lW, lH, lb, loss, kw)(A, B, c)
+
+
+def _method(method, loss):
+    if method is None:
+        return "analytic" if loss == "ce" else "autograd"
+    if method not in ("analytic", "autograd"):
+        raise ValueError(f"unknown method {method!r}; allowed: 'analytic', 'autograd'")
+    if method == "analytic" and loss != "ce":
+        raise ValueError(f"method='analytic' is the cross-entropy formula; for loss={loss!r} use 'autograd'")
+    return method
+
+
+def _mv_factory(W, H, b, y, lW, lH, lb, loss, kw):
+    """A function (A, B, c) -> nabla^2 f [A, B, c] (analytic for CE, autograd otherwise)."""
+    if loss == "ce":
+        G, P = _G(W, H, b, y)
+        return lambda A, B, c: _hvp_analytic(W, H, b, y, lW, lH, lb, A, B, c, G, P)
+    return _AutogradHvp(W, H, b, y, lW, lH, lb, loss, kw)
+
+
+def hvp(W, H, b, y, lambda_W, lambda_H, lambda_b, direction, *, method: str | None = None, loss: str = "ce",
+        **loss_kw):
     """Hessian-vector product ``nabla^2 f(W, H, b) [Delta]`` of f in eq. (14).
 
     ``direction`` is a tuple ``(A, B, c)`` shaped like (W, H, b), or a flat vector as made
@@ -169,8 +193,11 @@ def hvp(W, H, b, y, lambda_W, lambda_H, lambda_b, direction, *, method: str = "a
 
     whose quadratic form is eq. (40): ``nabla^2 g[dZ, dZ] + 2<G, B A^T> + lambda_W ||A||^2
     + lambda_H ||B||^2 + lambda_b ||c||^2``.  ``method="autograd"`` is torch double backward
-    (an independent computation, slower).  Cost O(N K d) per product.
+    (an independent computation, slower).  Cost O(N K d) per product.  Default (None): analytic for
+    ``loss="ce"``, autograd for the other losses of :func:`nclib.ufm.objective`.
     """
+    kw = _ufm._check_loss(loss, loss_kw)
+    method = _method(method, loss)
     lW, lH, lb = _lams(lambda_W, lambda_H, lambda_b)
     W, H, b, y = _check(W, H, b, y)
     K, d = W.shape
@@ -187,19 +214,20 @@ def hvp(W, H, b, y, lambda_W, lambda_H, lambda_b, direction, *, method: str = "a
                              f"(W, H, b) shapes {W.shape, H.shape, b.shape}")
     if method == "analytic":
         out = _hvp_analytic(W, H, b, y, lW, lH, lb, A, B, c)
-    elif method == "autograd":
-        out = _hvp_autograd(W, H, b, y, lW, lH, lb, A, B, c)
     else:
-        raise ValueError(f"unknown method {method!r}; allowed: 'analytic', 'autograd'")
+        out = _hvp_autograd(W, H, b, y, lW, lH, lb, A, B, c, loss, kw)
     return np.concatenate([o.ravel() for o in out]) if flat else out
 
 
-def hessian(W, H, b, y, lambda_W, lambda_H, lambda_b, *, max_params: int = 4000) -> np.ndarray:
+def hessian(W, H, b, y, lambda_W, lambda_H, lambda_b, *, max_params: int = 4000, loss: str = "ce",
+            **loss_kw) -> np.ndarray:
     """The dense Hessian of f (eq. 14) in the coordinates of :func:`pack`, for small problems.
 
     Built column by column from the analytic :func:`hvp` (P = Kd + Nd + K products) and
     symmetrised.  ValueError when P exceeds ``max_params`` (use :func:`hessian_min_eig`).
+    Other losses: the products are torch double backward.
     """
+    kw = _ufm._check_loss(loss, loss_kw)
     lW, lH, lb = _lams(lambda_W, lambda_H, lambda_b)
     W, H, b, y = _check(W, H, b, y)
     K, d = W.shape
@@ -208,13 +236,13 @@ def hessian(W, H, b, y, lambda_W, lambda_H, lambda_b, *, max_params: int = 4000)
     if P_ > max_params:
         raise ValueError(f"the Hessian would be {P_} x {P_} (> max_params={max_params}); "
                          "use hessian_min_eig (Lanczos) for large problems")
-    G, P = _G(W, H, b, y)
+    mv = _mv_factory(W, H, b, y, lW, lH, lb, loss, kw)
     M = np.empty((P_, P_))
     e = np.zeros(P_)
     for j in range(P_):
         e[j] = 1.0
         A, B, c = unpack(e, K, N, d)
-        M[:, j] = np.concatenate([o.ravel() for o in _hvp_analytic(W, H, b, y, lW, lH, lb, A, B, c, G, P)])
+        M[:, j] = np.concatenate([o.ravel() for o in mv(A, B, c)])
         e[j] = 0.0
     return 0.5 * (M + M.T)
 
@@ -234,7 +262,7 @@ class MinEig:
 
 def hessian_min_eig(W, H, b, y, lambda_W, lambda_H, lambda_b, *, tol: float = 1e-10,
                     maxiter: int | None = None, seed: int = 0, return_vector: bool = False,
-                    ncv: int | None = None, memory_bytes: float = 2 * 2 ** 30):
+                    ncv: int | None = None, memory_bytes: float = 2 * 2 ** 30, loss: str = "ce", **loss_kw):
     """Smallest eigenvalue of the Hessian of f (eq. 14) by Lanczos, matrix-free.
 
     ARPACK's Lanczos (:func:`scipy.sparse.linalg.eigsh`) runs on a LinearOperator whose
@@ -260,7 +288,9 @@ def hessian_min_eig(W, H, b, y, lambda_W, lambda_H, lambda_b, *, tol: float = 1e
     ``memory_bytes`` (2 GiB), but never below 6 (fewer vectors mean more restarts: on a random
     point with P = 33,000, ncv = 12 / 20 / 40 took 1101 / 583 / 403 products, measured).
     Problems with P <= 60 are solved densely (``numpy.linalg.eigh``; ``shift`` is then nan).
+    ``loss``: any loss of :func:`nclib.ufm.objective` (products by autograd for the non-CE ones).
     """
+    kw = _ufm._check_loss(loss, loss_kw)
     lW, lH, lb = _lams(lambda_W, lambda_H, lambda_b)
     W, H, b, y = _check(W, H, b, y)
     if not (tol > 0):
@@ -268,13 +298,13 @@ def hessian_min_eig(W, H, b, y, lambda_W, lambda_H, lambda_b, *, tol: float = 1e
     K, d = W.shape
     N = H.shape[0]
     P_ = K * d + N * d + K
-    G, P = _G(W, H, b, y)
+    prod = _mv_factory(W, H, b, y, lW, lH, lb, loss, kw)
     count = [0]
 
     def mv(x):
         count[0] += 1
         A, B, c = unpack(np.asarray(x, dtype=np.float64).ravel(), K, N, d)
-        out = _hvp_analytic(W, H, b, y, lW, lH, lb, A, B, c, G, P)
+        out = prod(A, B, c)
         return np.concatenate([o.ravel() for o in out])
 
     rng = np.random.default_rng(seed)
@@ -283,7 +313,7 @@ def hessian_min_eig(W, H, b, y, lambda_W, lambda_H, lambda_b, *, tol: float = 1e
         ncv = max(6, min(20, int(memory_bytes // (8 * P_))))
     ncv = int(min(P_ - 1, ncv))
     if P_ <= 60:                                   # tiny: dense is exact and cheaper
-        Hd = hessian(W, H, b, y, lW, lH, lb, max_params=60)
+        Hd = hessian(W, H, b, y, lW, lH, lb, max_params=60, loss=loss, **kw)
         ev, V = np.linalg.eigh(Hd)
         vec = V[:, 0]
         res = float(np.linalg.norm(Hd @ vec - ev[0] * vec))
@@ -306,7 +336,8 @@ def hessian_min_eig(W, H, b, y, lambda_W, lambda_H, lambda_b, *, tol: float = 1e
     return r if return_vector else r.value
 
 
-def curvature(W, H, b, y, lambda_W, lambda_H, lambda_b, direction, *, normalize: bool = True) -> float:
+def curvature(W, H, b, y, lambda_W, lambda_H, lambda_b, direction, *, normalize: bool = True, loss: str = "ce",
+              **loss_kw) -> float:
     """``<Delta, nabla^2 f Delta>`` (eq. (40)), divided by ``||Delta||^2`` if ``normalize``.
 
     ``direction`` is a tuple (A, B, c) or a flat vector.  Negative means a strict descent
@@ -316,7 +347,7 @@ def curvature(W, H, b, y, lambda_W, lambda_H, lambda_b, direction, *, normalize:
         v = pack(*direction)
     else:
         v = _arr(direction, "direction").ravel()
-    Hv = hvp(W, H, b, y, lambda_W, lambda_H, lambda_b, v)
+    Hv = hvp(W, H, b, y, lambda_W, lambda_H, lambda_b, v, loss=loss, **loss_kw)
     nrm2 = float(v @ v)
     if nrm2 == 0:
         raise ValueError("direction is zero")
@@ -325,7 +356,7 @@ def curvature(W, H, b, y, lambda_W, lambda_H, lambda_b, direction, *, normalize:
 
 
 # ----------------------------------------------------------------------------- the origin
-def origin_hessian_spectrum(K: int, n: int, d: int, lambda_W, lambda_H, lambda_b):
+def origin_hessian_spectrum(K: int, n, d: int, lambda_W, lambda_H, lambda_b, *, loss: str = "ce", **loss_kw):
     """All eigenvalues of the Hessian of f at the critical point W = 0, H = 0, b = 0 (balanced).
 
     Derivation.  At W = H = 0 the logits are ``1 b^T`` = 0, so the softmax is uniform and
@@ -347,8 +378,19 @@ def origin_hessian_spectrum(K: int, n: int, d: int, lambda_W, lambda_H, lambda_b
     ``||G||_2 = sigma <= sqrt(lambda_W lambda_H)`` fails, and exactly the regime where the
     global minimiser is not the origin (:func:`nclib.ufm.closed_form`).
 
+    Other losses and class sizes (``loss`` != "ce" or ``n`` a sequence of K sizes): the critical
+    point is W = H = 0 with the bias b0 that minimises the (strictly convex) function
+    ``mean_i L(b, y_i) + lambda_b/2 ||b||^2`` (b0 = 0 for a shift-invariant loss on balanced
+    classes; ``1/(K(1 + lambda_b)) 1`` for MSE).  The same argument gives the (W, H) block from
+    the singular values sigma_1..sigma_K of ``G = dL/dZ / N`` at ``Z = 1 b0^T`` (computed numerically):
+    ``(lambda_W + lambda_H)/2 +- sqrt(((lambda_W - lambda_H)/2)^2 + sigma_i^2)`` (x d each) and
+    ``lambda_H`` (x d (N - K)); the b block is ``lambda_b I`` plus the Hessian of the mean loss in b
+    (eigenvalues computed numerically by autograd).
+
     Returns a list of ``(eigenvalue, multiplicity)`` pairs (multiplicities sum to Kd+Nd+K).
     """
+    if loss != "ce" or not _ufm._is_int(n):
+        return _origin_spectrum_general(K, n, d, lambda_W, lambda_H, lambda_b, loss, loss_kw)
     K, n = _ufm._check_Kn(K, n, d)
     lW, lH, lb = _lams(lambda_W, lambda_H, lambda_b)
     N = K * n
@@ -358,15 +400,60 @@ def origin_hessian_spectrum(K: int, n: int, d: int, lambda_W, lambda_H, lambda_b
             (lb, 1), (lb + 1.0 / K, K - 1)]
 
 
-def origin_min_eig(K: int, n: int, d: int, lambda_W, lambda_H, lambda_b) -> float:
+def origin_min_eig(K: int, n, d: int, lambda_W, lambda_H, lambda_b, *, loss: str = "ce", **loss_kw) -> float:
     """Smallest Hessian eigenvalue of f at the origin in closed form (balanced classes):
 
     ``min( (lambda_W + lambda_H)/2 - sqrt(((lambda_W - lambda_H)/2)^2 + 1/(K^2 n)), lambda_b )``
 
     (see :func:`origin_hessian_spectrum` for the derivation).  Negative iff
-    ``K sqrt(n lambda_W lambda_H) < 1`` (the first term; ``lambda_b >= 0``).
+    ``K sqrt(n lambda_W lambda_H) < 1`` (the first term; ``lambda_b >= 0``).  Other losses and
+    class sizes: the minimum of :func:`origin_hessian_spectrum` (same keywords).
     """
-    return min(v for v, mult in origin_hessian_spectrum(K, n, d, lambda_W, lambda_H, lambda_b) if mult > 0)
+    spec = origin_hessian_spectrum(K, n, d, lambda_W, lambda_H, lambda_b, loss=loss, **loss_kw)
+    return min(v for v, mult in spec if mult > 0)
+
+
+def _origin_bias(y, K, lb, loss, kw):
+    """The bias b0 minimising mean_i L(b, y_i) + lb/2 ||b||^2 (Newton's method; strictly convex
+    for lb > 0, and for lb = 0 the minimiser of smallest norm along the shift direction)."""
+    from scipy.optimize import minimize
+
+    yt = torch.as_tensor(y)
+    N = len(y)
+
+    def fg(bv):
+        bt = torch.tensor(bv, requires_grad=True)
+        v = _losses.loss(bt.expand(N, K), yt, loss, **kw) + 0.5 * lb * (bt * bt).sum()
+        g, = torch.autograd.grad(v, bt)
+        return float(v.detach()), g.numpy()
+
+    r = minimize(fg, np.zeros(K), jac=True, method="BFGS", options={"gtol": 1e-14, "maxiter": 1000})
+    b0 = r.x
+    if loss != "mse" and lb == 0:          # shift-invariant: b0 + c1 is as good; pick the mean-zero one
+        b0 = b0 - b0.mean()
+    return b0
+
+
+def _origin_spectrum_general(K, n, d, lambda_W, lambda_H, lambda_b, loss, loss_kw):
+    sizes = _ufm._check_sizes(K, n, d)
+    kw = _ufm._check_loss(loss, loss_kw)
+    lW, lH, lb = _lams(lambda_W, lambda_H, lambda_b)
+    y = _ufm.class_labels(K, sizes.tolist())
+    N = len(y)
+    b0 = _origin_bias(y, K, lb, loss, kw)
+    Z = torch.tensor(np.tile(b0, (N, 1)))
+    _, G = _ufm._dlogits(Z, torch.as_tensor(y), loss, kw)
+    sig = np.linalg.svd(G.numpy() / N, compute_uv=False)
+    m = 0.5 * (lW + lH)
+    out = []
+    for s_ in sig:
+        r = math.sqrt(0.25 * (lW - lH) ** 2 + s_ * s_)
+        out += [(m - r, d), (m + r, d)]
+    out.append((lH, d * (N - K)))
+    fb = lambda bt: _losses.loss(bt.expand(N, K), torch.as_tensor(y), loss, **kw)
+    Hb = torch.autograd.functional.hessian(fb, torch.tensor(b0)).numpy() + lb * np.eye(K)
+    out += [(float(e), 1) for e in np.linalg.eigvalsh(0.5 * (Hb + Hb.T))]
+    return out
 
 
 # ----------------------------------------------------------------------------- Lemma C.4 and the proof's direction
@@ -1048,21 +1135,25 @@ class MultiStartResult:
     diverged: np.ndarray
 
 
-def _batched_vg(W, H, b, y1h, lW, lH, lb):
+def _batched_vg(W, H, b, y1h, lW, lH, lb, y=None, loss="ce", kw=None):
     """Values (R,) and gradients of f for R independent problems (torch, float64)."""
     N = H.shape[1]
     Z = H @ W.transpose(1, 2) + b[:, None, :]
-    lse = torch.logsumexp(Z, dim=2)
-    val = (lse - (Z * y1h).sum(2)).mean(1) + 0.5 * (lW * (W * W).sum((1, 2)) + lH * (H * H).sum((1, 2))
-                                                    + lb * (b * b).sum(1))
-    G = (torch.exp(Z - lse[..., None]) - y1h) / N
+    if loss == "ce":
+        lse = torch.logsumexp(Z, dim=2)
+        per = lse - (Z * y1h).sum(2)
+        G = (torch.exp(Z - lse[..., None]) - y1h) / N
+    else:
+        per, G = _ufm._dlogits(Z, y, loss, kw)
+        G = G / N
+    val = per.mean(1) + 0.5 * (lW * (W * W).sum((1, 2)) + lH * (H * H).sum((1, 2)) + lb * (b * b).sum(1))
     return val, G.transpose(1, 2) @ H + lW * W, G @ W + lH * H, G.sum(1) + lb * b
 
 
-def multistart(K: int, n: int, d: int, lambda_W, lambda_H, lambda_b, optimizer: str, seeds, *,
+def multistart(K: int, n, d: int, lambda_W, lambda_H, lambda_b, optimizer: str, seeds, *,
                lr: float, max_iter: int, batch_size: int | None = None, momentum: float = 0.9,
                betas=(0.9, 0.999), eps: float = 1e-8, init_scale: float = 1.0, schedule: bool = True,
-               history_every: int = 50) -> MultiStartResult:
+               history_every: int = 50, loss: str = "ce", **loss_kw) -> MultiStartResult:
     """Run ``optimizer`` in {"gd", "sgd", "adam"} on (4) from one random start per seed, all at once.
 
     The R = len(seeds) problems are independent: the parameters are stacked into (R, K, d),
@@ -1083,19 +1174,21 @@ def multistart(K: int, n: int, d: int, lambda_W, lambda_H, lambda_b, optimizer: 
     becomes non-finite is frozen at its last finite state and flagged in ``diverged`` (with a
     RuntimeWarning).  For L-BFGS use :func:`nclib.ufm.solve` per seed (its line search and
     memory are per problem).  Runs with one torch thread (restored afterwards): the tensors are
-    small and thread synchronisation dominates otherwise.
+    small and thread synchronisation dominates otherwise.  ``n`` may be a sequence of K class
+    sizes (labels :func:`nclib.ufm.class_labels`); ``loss`` any loss of :func:`nclib.ufm.objective`.
     """
     if optimizer not in ("gd", "sgd", "adam"):
         raise ValueError(f"unknown optimizer {optimizer!r} for multistart; allowed: 'gd', 'sgd', 'adam' "
                          "(L-BFGS: call nclib.ufm.solve per seed)")
-    K, n = _ufm._check_Kn(K, n, d)
+    sizes = _ufm._check_sizes(K, n, d)
+    kw = _ufm._check_loss(loss, loss_kw)
     lW, lH, lb = _lams(lambda_W, lambda_H, lambda_b)
     seeds = list(seeds)
     if len(seeds) == 0:
         raise ValueError("seeds is empty")
     if not (lr > 0) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
         raise ValueError(f"need lr > 0 and an integer max_iter >= 0, got lr={lr!r}, max_iter={max_iter!r}")
-    N = n * K
+    N = int(sizes.sum())
     B = N if batch_size is None else int(batch_size)
     if not (1 <= B <= N):
         raise ValueError(f"batch_size must be in [1, N={N}], got {batch_size!r}")
@@ -1108,20 +1201,20 @@ def multistart(K: int, n: int, d: int, lambda_W, lambda_H, lambda_b, optimizer: 
         H0.append(s * rng.standard_normal((N, d)))
         b0.append(s * rng.standard_normal(K))
     P = [torch.tensor(np.stack(a)) for a in (W0, H0, b0)]
-    y = torch.as_tensor(_ufm.balanced_labels(K, n))
+    y = torch.as_tensor(_ufm.class_labels(K, sizes.tolist()))
     y1h = torch.nn.functional.one_hot(y, K).to(torch.float64).expand(R, N, K)
     gen = torch.Generator().manual_seed(int(np.random.default_rng(seeds[0]).integers(2 ** 62)))
     nthreads = torch.get_num_threads()
     torch.set_num_threads(1)          # many tiny ops: one thread is much faster (restored below)
     try:
         return _multistart_loop(P, y, y1h, K, N, B, R, lW, lH, lb, optimizer, lr, max_iter, momentum, betas, eps,
-                                schedule, history_every, gen, seeds)
+                                schedule, history_every, gen, seeds, loss, kw)
     finally:
         torch.set_num_threads(nthreads)
 
 
 def _multistart_loop(P, y, y1h, K, N, B, R, lW, lH, lb, optimizer, lr, max_iter, momentum, betas, eps,
-                     schedule, history_every, gen, seeds):
+                     schedule, history_every, gen, seeds, loss="ce", kw=None):
     state = [torch.zeros_like(p) for p in P]
     state2 = [torch.zeros_like(p) for p in P]
     good = [p.clone() for p in P]
@@ -1135,7 +1228,7 @@ def _multistart_loop(P, y, y1h, K, N, B, R, lW, lH, lb, optimizer, lr, max_iter,
             return lr
         return lr * 0.1 ** ((t >= max_iter // 2) + (t >= (3 * max_iter) // 4))
 
-    val, gW, gH, gb = _batched_vg(*P, y1h, lW, lH, lb)
+    val, gW, gH, gb = _batched_vg(*P, y1h, lW, lH, lb, y, loss, kw)
     for it in range(max_iter + 1):
         bad = ~torch.isfinite(val) | ~torch.isfinite(gH).all(2).all(1) | ~torch.isfinite(gW).all(2).all(1)
         if bad.any():
@@ -1146,7 +1239,7 @@ def _multistart_loop(P, y, y1h, K, N, B, R, lW, lH, lb, optimizer, lr, max_iter,
             dead |= bad
             for p, g0 in zip(P, good):
                 p[dead] = g0[dead]
-            val, gW, gH, gb = _batched_vg(*P, y1h, lW, lH, lb)
+            val, gW, gH, gb = _batched_vg(*P, y1h, lW, lH, lb, y, loss, kw)
         good = [p.clone() for p in P]
         if it % history_every == 0 or it == max_iter:
             hist["iter"].append(it)
@@ -1160,7 +1253,7 @@ def _multistart_loop(P, y, y1h, K, N, B, R, lW, lH, lb, optimizer, lr, max_iter,
             pos += B
             Hb = P[1][ar, idx]
             Z = Hb @ P[0].transpose(1, 2) + P[2][:, None, :]
-            Gb = (torch.softmax(Z, dim=2) - torch.nn.functional.one_hot(y[idx], K).to(torch.float64)) / B
+            Gb = _ufm._dlogits(Z, y[idx], loss, kw)[1] / B
             gW = Gb.transpose(1, 2) @ Hb + lW * P[0]
             gH = lH * P[1]
             gH[ar, idx] += Gb @ P[0]
@@ -1183,7 +1276,7 @@ def _multistart_loop(P, y, y1h, K, N, B, R, lW, lH, lb, optimizer, lr, max_iter,
                 mh = state[j] / (1 - betas[0] ** (it + 1))
                 vh = state2[j] / (1 - betas[1] ** (it + 1))
                 p.sub_(a * mh / (vh.sqrt() + eps) * m_)
-        val, gW, gH, gb = _batched_vg(*P, y1h, lW, lH, lb)
+        val, gW, gH, gb = _batched_vg(*P, y1h, lW, lH, lb, y, loss, kw)
     gn = torch.sqrt((gW ** 2).sum((1, 2)) + (gH ** 2).sum((1, 2)) + (gb ** 2).sum(1))
     hist["value"] = np.stack(hist["value"])
     return MultiStartResult(P[0].numpy(), P[1].numpy(), P[2].numpy(), val.numpy(), gn.numpy(), seeds,
