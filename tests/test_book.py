@@ -2,7 +2,8 @@
 
 * every chapter (a notebook listed in _toc.yml) has the same jupytext header and kernelspec,
   starts with the same Colab setup cell (tagged to be skipped by the book build, papermill
-  and nbval) and has a cell tagged ``parameters``;
+  and nbval, and hidden from readers, with a visible note after it) and has a cell tagged
+  ``parameters``;
 * the paired, outputs-free ``.ipynb`` next to each ``.md`` holds the same cells (Colab opens it);
 * on the built HTML, each chapter's Colab button points at that ``.ipynb`` on the main branch;
 * every chapter runs under nbval (converted by jupytext into a scratch folder).
@@ -82,6 +83,18 @@ def test_setup_and_parameters_cells(path):
     first_setup = jupytext.read(CHAPTERS[0]).cells
     assert setup.source == [c for c in first_setup if c.cell_type == "code"][0].source
     assert any("parameters" in c.metadata.get("tags", []) for c in code), "no cell tagged 'parameters'"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
+def test_setup_cell_hidden_with_a_visible_note(path):
+    """Readers do not see the Colab install cell (``remove-input``: it stays the notebook's first
+    cell for Colab), and a visible line right after it says what it does."""
+    cells = jupytext.read(path).cells
+    first = next(i for i, c in enumerate(cells) if c.cell_type == "code")
+    assert "remove-input" in cells[first].metadata.get("tags", []), "tag the setup cell remove-input"
+    note = cells[first + 1] if first + 1 < len(cells) else None
+    assert note is not None and note.cell_type == "markdown" and "Colab" in note.source.split("\n\n")[0], \
+        "the cell after the setup cell should start with a one-line note on running the page in Colab"
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
