@@ -313,3 +313,183 @@ def test_minimum_depends_only_on_q_and_reduced_problem_gradients():
     q = math.sqrt(n * lW * lH)
     assert closed_form(K, 1, q, q, lb).value == pytest.approx(closed_form(K, n, lW, lH, lb).value, rel=1e-14)
     assert closed_form(K, 4 * n, lW / 2, lH / 2, lb).value == pytest.approx(closed_form(K, n, lW, lH, lb).value, rel=1e-14)
+
+
+# ----------------------------------------------------------------------------- other losses, class sizes
+LOSS_CASES = [("ce", {}), ("mse", {}), ("label_smoothing", {"smoothing": 0.2}), ("focal", {"gamma": 2.0}),
+              ("focal", {"gamma": 0.5})]
+
+
+def _autograd_loss(W, H, b, y, lW, lH, lb, loss, kw):
+    """Independent: torch autograd through nclib.losses.loss (plain formulas for mse/ls below)."""
+    from nclib import losses
+
+    Wt, Ht, bt = (torch.tensor(a, requires_grad=True) for a in (W, H, b))
+    Z = Ht @ Wt.T + bt
+    yt = torch.as_tensor(y)
+    if loss == "mse":
+        L = 0.5 * (Z - torch.nn.functional.one_hot(yt, W.shape[0]).double()).pow(2).sum(1).mean()
+    elif loss == "label_smoothing":
+        K = W.shape[0]
+        T = (1 - kw["smoothing"]) * torch.nn.functional.one_hot(yt, K).double() + kw["smoothing"] / K
+        L = -(T * torch.log_softmax(Z, 1)).sum(1).mean()
+    else:
+        L = losses.loss(Z, yt, loss, **kw)
+    f = L + lW / 2 * Wt.pow(2).sum() + lH / 2 * Ht.pow(2).sum() + lb / 2 * bt.pow(2).sum()
+    f.backward()
+    return f.item(), Wt.grad.numpy(), Ht.grad.numpy(), bt.grad.numpy()
+
+
+@pytest.mark.parametrize("loss,kw", LOSS_CASES)
+def test_losses_value_and_gradient_vs_autograd_and_finite_differences(loss, kw):
+    W, H, b, _ = _rand(K=4, n=3, d=5, seed=11, scale=1.5)
+    y = np.array([0, 0, 0, 0, 0, 1, 1, 2, 3, 3, 3, 3])               # imbalanced labels
+    v = objective(W, H, b, y, *LAMS, loss=loss, **kw)
+    g = gradients(W, H, b, y, *LAMS, loss=loss, **kw)
+    ref = _autograd_loss(W, H, b, y, *LAMS, loss, kw)
+    assert v == pytest.approx(ref[0], rel=1e-13)
+    for a, r in zip(g, ref[1:]):
+        np.testing.assert_allclose(a, r, atol=1e-13)
+    rng = np.random.default_rng(0)
+    D = [rng.standard_normal(a.shape) for a in (W, H, b)]
+    eps = 1e-6
+    fp = objective(*(a + eps * e for a, e in zip((W, H, b), D)), y, *LAMS, loss=loss, **kw)
+    fm = objective(*(a - eps * e for a, e in zip((W, H, b), D)), y, *LAMS, loss=loss, **kw)
+    assert (fp - fm) / (2 * eps) == pytest.approx(sum(float((a * e).sum()) for a, e in zip(g, D)), rel=1e-7)
+
+
+def test_bfloat16_inputs_and_tiny_lambdas():
+    W, H, b, y = _rand(K=3, n=2, d=4, seed=1)
+    Wb, Hb, bb = (torch.tensor(a).to(torch.bfloat16) for a in (W, H, b))
+    ref = objective(Wb.double().numpy(), Hb.double().numpy(), bb.double().numpy(), y, *LAMS)
+    assert objective(Wb, Hb, bb, y, *LAMS) == ref
+    cf = closed_form(4, 5, 1e-300, 1e-300, 0)
+    # q = sqrt(5) 1e-300: t* = log((1 - 3q)/q), value -log(1-3q) + 3 q t* ~ 3 q t*  (tiny but finite)
+    q = math.sqrt(5) * 1e-300
+    assert cf.margin == pytest.approx(-math.log(q), rel=1e-12) and not cf.origin_only
+    assert cf.value == pytest.approx(3 * q * (1 - math.log(q)), rel=1e-6)
+
+
+def test_closed_form_d_check_and_d_equals_K_minus_1():
+    with pytest.raises(ValueError, match="d >= K-1"):
+        closed_form(5, 10, 1e-3, 1e-3, 1e-3, d=3)
+    assert closed_form(5, 10, 1e-3, 1e-3, 1e-3, d=4).value == closed_form(5, 10, 1e-3, 1e-3, 1e-3).value
+    cf = closed_form(5, 10, 1e-3, 1e-3, 1e-3)
+    W, H, b = global_minimizer(5, 10, 4, 1e-3, 1e-3, 1e-3)            # d = K - 1 attains it
+    y = balanced_labels(5, 10)
+    assert objective(W, H, b, y, 1e-3, 1e-3, 1e-3) == pytest.approx(cf.value, abs=1e-13)
+    assert max(np.abs(g).max() for g in gradients(W, H, b, y, 1e-3, 1e-3, 1e-3)) < 1e-12
+    np.testing.assert_allclose(W @ W.T, cf.w_norm ** 2 * etf_gram(5), atol=1e-13)
+
+
+def test_solve_d_smaller_than_K_minus_1_beats_independent_multistart():
+    """K=5, d=3 (no ETF fits; issue 8's case): solve's best-of-restarts value is <= an independent
+    minimisation (scipy BFGS on the FULL problem from 12 random starts) + 1e-8, and above the
+    d >= K-1 closed form."""
+    from scipy.optimize import minimize
+
+    K, n, d, lams = 5, 2, 3, (1e-3, 1e-3, 1e-3)
+    r = solve(K, n, d, *lams, tol=1e-10)
+    y = balanced_labels(K, n)
+    best = np.inf
+    for s in range(12):
+        rng = np.random.default_rng(100 + s)
+        x0 = rng.standard_normal(K * d + K * n * d + K) / math.sqrt(d)
+
+        def fg(x):
+            W, H, b = x[:K * d].reshape(K, d), x[K * d:-K].reshape(K * n, d), x[-K:]
+            v = objective(W, H, b, y, *lams)
+            return v, np.concatenate([g.ravel() for g in gradients(W, H, b, y, *lams)])
+
+        best = min(best, minimize(fg, x0, jac=True, method="BFGS", options={"gtol": 1e-10, "maxiter": 20000}).fun)
+    assert r.value <= best + 1e-8
+    assert r.value > closed_form(K, n, *lams).value + 1e-3
+    assert len(r.restart_values) == 10
+
+
+@pytest.mark.parametrize("loss,kw", [("mse", {}), ("label_smoothing", {"smoothing": 0.1}), ("focal", {"gamma": 2.0})])
+@pytest.mark.parametrize("lam", [1e-3, 3e-2])
+def test_closed_forms_other_losses_vs_solve_and_gd(loss, kw, lam):
+    """closed_form for each loss (both regimes: K q = 0.045 and 1.34 for n = 5, K = 4... see lam)
+    against the reduced L-BFGS and the plain full-problem L-BFGS."""
+    K, n, d = 4, 5, 6
+    cf = closed_form(K, n, lam, lam, lam, loss=loss, **kw)
+    r = solve(K, n, d, lam, lam, lam, loss=loss, tol=1e-10, **kw)
+    rf = solve(K, n, d, lam, lam, lam, loss=loss, tol=1e-9, reduced=False, seed=3, **kw)
+    assert r.value == pytest.approx(cf.value, abs=1e-10)
+    assert rf.value == pytest.approx(cf.value, abs=1e-9)
+    assert np.sum(r.W ** 2) == pytest.approx(cf.rho, abs=1e-5)
+
+
+def test_mse_closed_form_bruteforce_and_no_bias():
+    """MSE closed form vs a brute-force scan over the 2 scalars (alpha, beta) of M = alpha C + beta J/K
+    and over b, and the bias-free version vs solve(bias=False)."""
+    K, n = 3, 4
+    for lam, lb in [(1e-2, 0.5), (1e-2, 0.0), (2e-1, 0.1), (5e-3, 2.0)]:
+        cf = closed_form(K, n, lam, lam, lb, loss="mse")
+        q = math.sqrt(n) * lam
+        C = np.eye(K) - 1.0 / K
+        J = np.ones((K, K)) / K
+        al = np.linspace(0, 1.2, 241)
+        best = np.inf
+        for a_ in al:
+            for b_ in al:
+                M = a_ * C + b_ * J
+                # optimal bias for this M: minimise (1/2K)||M + 1 beta^T - I||^2 + lb/2||beta||^2
+                beta = (np.eye(K) - M).mean(0) / (1 + lb)
+                v = (0.5 / K) * np.sum((M + beta[None, :] - np.eye(K)) ** 2) + lb / 2 * beta @ beta \
+                    + q * np.abs(np.linalg.eigvalsh(M)).sum()
+                best = min(best, v)
+        assert cf.value <= best + 1e-12 and best - cf.value < 5e-4
+        assert solve(K, n, 5, lam, lam, lb, loss="mse", tol=1e-11).value == pytest.approx(cf.value, abs=1e-10)
+    cf0 = closed_form(K, n, 1e-2, 1e-2, 0.0, loss="mse", bias=False)
+    r0 = solve(K, n, 5, 1e-2, 1e-2, 0.0, loss="mse", bias=False, tol=1e-11)
+    assert np.all(r0.b == 0) and r0.value == pytest.approx(cf0.value, abs=1e-10)
+    assert cf0.rank == K
+    with pytest.raises(ValueError, match="rank"):
+        closed_form(K, n, 1e-2, 1e-2, 0.0, loss="mse", bias=False, d=2)
+    with pytest.raises(ValueError, match="balanced"):
+        closed_form(K, [4, 4, 2], 1e-2, 1e-2, 0.0, loss="mse")
+
+
+def test_origin_thresholds_per_loss():
+    K, n = 4, 5
+    for loss, kw, at in [("ce", {}, 1.0), ("mse", {}, 1.0), ("label_smoothing", {"smoothing": 0.3}, 0.7)]:
+        for x in (0.98 * at, 1.02 * at):
+            lam = x / (K * math.sqrt(n))
+            cf = closed_form(K, n, lam, lam, 1e-2, loss=loss, **kw)
+            assert cf.origin_only == (x >= at) and cf.origin_at == pytest.approx(at)
+
+
+@pytest.mark.parametrize("loss,kw", [("ce", {}), ("mse", {}), ("focal", {"gamma": 1.0})])
+def test_imbalanced_reduced_solve_equals_full_problem(loss, kw):
+    sizes = [6, 6, 2, 1]
+    lams = (5e-3, 5e-3, 1e-3)
+    r = solve(4, sizes, 7, *lams, loss=loss, tol=1e-10, **kw)
+    rf = solve(4, sizes, 7, *lams, loss=loss, tol=1e-8, reduced=False, seed=5, max_iter=20000, **kw)
+    assert r.value == pytest.approx(rf.value, abs=1e-8)
+    y = ufm.class_labels(4, sizes)
+    assert r.y.tolist() == y.tolist()
+    assert r.value == pytest.approx(objective(r.W, r.H, r.b, y, *lams, loss=loss, **kw), abs=1e-14)
+    g = gradients(r.W, r.H, r.b, y, *lams, loss=loss, **kw)
+    assert r.grad_norm == pytest.approx(math.sqrt(sum(float((x * x).sum()) for x in g)), rel=1e-6, abs=1e-14)
+
+
+def test_sizes_validation_names_assumption():
+    with pytest.raises(ValueError, match="balanced"):
+        balanced_labels(3, [2, 2, 2])
+    with pytest.raises(ValueError, match="K=3"):
+        solve(3, [2, 2], 4, *LAMS)
+    with pytest.raises(ValueError, match="loss"):
+        objective(*_rand(), *LAMS, loss="hinge")
+    assert ufm.class_labels(3, [2, 1, 3]).tolist() == [0, 0, 1, 2, 2, 2]
+
+
+def test_ufm_does_not_import_landscape():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, nclib.ufm; print('nclib.landscape' in sys.modules)"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+    assert not hasattr(ufm, "hessian_min_eig")
