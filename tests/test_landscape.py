@@ -428,3 +428,78 @@ def test_subspace_critical_points():
     assert vals[1] > vals[2] > vals[3]
     with pytest.raises(ValueError, match="r must"):
         L.subspace_critical_point(K, n, d, *LAMS, 0)
+
+
+# ----------------------------------------------------------------------------- other losses, class sizes
+OTHER = [("mse", {}), ("label_smoothing", {"smoothing": 0.2}), ("focal", {"gamma": 2.0})]
+
+
+def _loss_f(loss, kw, y, lams):
+    from nclib import losses
+
+    def f(W, H, b):
+        Z = H @ W.T + b
+        return (losses.loss(Z, torch.as_tensor(y), loss, **kw) + 0.5 * lams[0] * (W ** 2).sum()
+                + 0.5 * lams[1] * (H ** 2).sum() + 0.5 * lams[2] * (b ** 2).sum())
+    return f
+
+
+@pytest.mark.parametrize("loss,kw", OTHER)
+def test_hvp_other_losses_vs_finite_differences_of_gradients(loss, kw):
+    W, H, b = _random_point(7, scale=0.7)
+    rng = np.random.default_rng(1)
+    D = tuple(rng.standard_normal(a.shape) for a in (W, H, b))
+    hv = L.hvp(W, H, b, Y, *LAMS, D, loss=loss, **kw)
+    eps = 1e-5
+    gp = ufm.gradients(*(a + eps * e for a, e in zip((W, H, b), D)), Y, *LAMS, loss=loss, **kw)
+    gm = ufm.gradients(*(a - eps * e for a, e in zip((W, H, b), D)), Y, *LAMS, loss=loss, **kw)
+    for h, p, m in zip(hv, gp, gm):
+        np.testing.assert_allclose(h, (p - m) / (2 * eps), atol=2e-7)
+    with pytest.raises(ValueError, match="analytic"):
+        L.hvp(W, H, b, Y, *LAMS, D, loss=loss, method="analytic", **kw)
+
+
+@pytest.mark.parametrize("loss,kw", OTHER + [("ce", {})])
+def test_origin_spectrum_other_losses_and_sizes_vs_dense_hessian(loss, kw):
+    """The origin's spectrum (general path: numerical G and b0) against the dense autograd Hessian
+    at (0, 0, b0); also imbalanced sizes."""
+    for sizes in ([3, 3, 3, 3], [4, 3, 2, 1]):
+        dd = 3
+        spec = L.origin_hessian_spectrum(K, sizes, dd, *LAMS, loss=loss, **kw)
+        ev = np.sort(np.concatenate([np.full(m, v) for v, m in spec]))
+        y = ufm.class_labels(K, sizes)
+        N = len(y)
+        b0 = L._origin_bias(y, K, LAMS[2], loss, ufm._check_loss(loss, kw))
+        g = ufm.gradients(np.zeros((K, dd)), np.zeros((N, dd)), b0, y, *LAMS, loss=loss, **kw)
+        assert max(np.abs(x).max() for x in g) < 1e-9              # (0, 0, b0) is a critical point
+        Hd = L.hessian(np.zeros((K, dd)), np.zeros((N, dd)), b0, y, *LAMS, loss=loss, **kw)
+        np.testing.assert_allclose(ev, np.linalg.eigvalsh(Hd), atol=1e-9)
+
+
+def test_origin_min_eig_label_smoothing_threshold():
+    """Label smoothing alpha: the origin is a strict saddle iff K sqrt(n lW lH) < 1 - alpha (the
+    sigma of G is (1 - alpha)/(K sqrt n)); the same threshold as closed_form's origin_at."""
+    a = 0.3
+    for x in (0.95 * (1 - a), 1.05 * (1 - a)):
+        lam = x / (K * math.sqrt(n))
+        e = L.origin_min_eig(K, n, d, lam, lam, 1e-2, loss="label_smoothing", smoothing=a)
+        assert (e < 0) == (x < 1 - a)
+
+
+@pytest.mark.parametrize("loss,kw", OTHER)
+def test_multistart_other_losses_and_sizes_equal_separate_solve_runs(loss, kw):
+    sizes = [4, 3, 2, 2]
+    y = ufm.class_labels(K, sizes)
+    r = L.multistart(K, sizes, d, *LAMS, "gd", [2, 9], lr=0.5, max_iter=30, loss=loss, **kw)
+    for j, sd in enumerate([2, 9]):
+        s = ufm.solve(K, sizes, d, *LAMS, "gd", sd, lr=0.5, tol=0.0, max_iter=30, reduced=False, loss=loss, **kw)
+        np.testing.assert_allclose(r.W[j], s.W, atol=1e-12)
+        np.testing.assert_allclose(r.H[j], s.H, atol=1e-12)
+        assert abs(r.values[j] - ufm.objective(s.W, s.H, s.b, y, *LAMS, loss=loss, **kw)) < 1e-13
+
+
+def test_hessian_min_eig_other_loss_matches_dense():
+    W, H, b = _random_point(4, scale=0.5)
+    Hd = L.hessian(W, H, b, Y, *LAMS, loss="mse")
+    lam = L.hessian_min_eig(W, H, b, Y, *LAMS, loss="mse", tol=1e-12)
+    assert lam == pytest.approx(np.linalg.eigvalsh(Hd)[0], abs=1e-8)
