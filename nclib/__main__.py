@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--log-dir", default="_build/logs")
     r.add_argument("--gpus", default="auto", help="'auto', 'none' or a list like 0,1,3")
     r.add_argument("--per-gpu", type=int, default=1, help="concurrent runs per GPU (small runs fit several)")
-    r.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each worker")
+    r.add_argument("--threads", type=int, default=None, help="torch threads of each worker (default 1 on the CPU)")
+    r.add_argument("--workers", type=int, default=1, help="parallel CPU workers when there is no GPU (default 1)")
     r.add_argument("--no-execute", action="store_true", help="only train the configurations; no notebooks")
     t = sub.add_parser("results", help="print a Markdown table of the stored results (for the README)")
     t.add_argument("--results-dir", default="book/results")
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
         runner.run_chapters(args.chapters, args.profile, params, book_dir=args.book_dir,
                             results_dir=args.results_dir, output_dir=args.output_dir, log_dir=args.log_dir,
                             resume=args.resume, dry_run=args.dry_run, gpus=args.gpus, per_gpu=args.per_gpu,
-                            threads=args.threads, execute=not args.no_execute)
+                            threads=args.threads, workers=args.workers, execute=not args.no_execute)
     except ValueError as exc:
         print(f"nclib: error: {exc}", file=sys.stderr)
         return 2

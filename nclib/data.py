@@ -158,6 +158,19 @@ def _normalization(name: str, normalization):
     return mean, std
 
 
+def black_level(name: str, normalization=None) -> list | None:
+    """The value a black pixel (0) takes after the dataset's normalisation, per channel:
+    ``-mean/std`` in float32 as torchvision's ``Normalize`` computes it (3 channels; None when
+    the dataset is not normalised).  Padding with it equals the authors' ``RandomCrop(32,
+    padding=4)``, which pads the raw image with black *before* ``Normalize`` (Section 4.3)."""
+    norm = _normalization(_check_name(name), normalization)
+    if norm is None:
+        return None
+    mean, std = (torch.tensor(v, dtype=torch.float32) for v in norm)
+    val = (torch.zeros_like(mean) - mean) / std
+    return (val.expand(3) if val.numel() == 1 else val).tolist()
+
+
 # ----------------------------------------------------------------------------- transforms
 def _normalize_(x: torch.Tensor, norm) -> torch.Tensor:
     """In place ``(x - mean) / std`` per channel with float32 mean/std, exactly torchvision's
@@ -541,12 +554,14 @@ def load_dataset(
 
 
 # ----------------------------------------------------------------------------- augmentation, batches
-def augment(X: torch.Tensor, generator: torch.Generator | None = None, *, padding: int = 4) -> torch.Tensor:
+def augment(X: torch.Tensor, generator: torch.Generator | None = None, *, padding: int = 4,
+            fill=None) -> torch.Tensor:
     """Section 4.3 / footnote 15: ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip(0.5)``.
 
     Batched on X's device, one independent crop offset and flip per image: the normalised
-    image is zero-padded by ``padding`` pixels on each side (as torchvision's ``RandomCrop``
-    pads a tensor: constant 0), a window of the original size is cut at a uniform offset
+    image is padded by ``padding`` pixels on each side with ``fill`` (per channel; None = 0,
+    which is the mean colour after normalisation; :func:`black_level` gives the authors'
+    black padding, applied before ``Normalize`` in their pipeline), a window of the original size is cut at a uniform offset
     ``(i, j) in {0..2*padding}^2`` and mirrored left-right with probability 1/2.
     X: (B, C, H, W); returns a new tensor of the same shape (X is not modified).  The random
     numbers come from ``generator`` (on any device; None = torch's default generator).
@@ -560,6 +575,13 @@ def augment(X: torch.Tensor, generator: torch.Generator | None = None, *, paddin
     off = torch.randint(0, 2 * padding + 1, (2, B), generator=generator, device=gdev).to(X.device)
     flip = (torch.rand(B, generator=generator, device=gdev) < 0.5).to(X.device)
     Xp = torch.nn.functional.pad(X, (padding, padding, padding, padding))
+    if fill is not None and padding > 0:
+        f = torch.as_tensor(fill, dtype=X.dtype, device=X.device).reshape(-1)
+        if f.numel() not in (1, C):
+            raise ValueError(f"fill must have 1 or {C} values (one per channel), got {f.numel()}")
+        border = torch.ones(H + 2 * padding, W + 2 * padding, dtype=torch.bool, device=X.device)
+        border[padding:padding + H, padding:padding + W] = False
+        Xp = torch.where(border, f.expand(C)[None, :, None, None], Xp)
     ar_h = torch.arange(H, device=X.device)
     ar_w = torch.arange(W, device=X.device)
     rows = off[0][:, None] + ar_h  # (B, H)
@@ -578,13 +600,14 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     augment: bool = False,
     drop_last: bool = False,
+    fill=None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches ``(xb, yb)`` of tensors already on the device; no DataLoader.
 
     One pass (an epoch): the order is ``torch.randperm(N)`` (from ``generator``) when
     ``shuffle``, else 0..N-1; the last, smaller batch is kept unless ``drop_last``
     (the authors' loaders keep it).  With ``augment=True`` every batch goes through
-    :func:`augment` (Section 4.3) with the same generator.  ``xb`` is a fresh tensor
+    :func:`augment` (Section 4.3) with the same generator and padding value ``fill``.  ``xb`` is a fresh tensor
     (indexing copies), so the caller may modify it.
     """
     if X.shape[0] != y.shape[0]:
@@ -603,7 +626,7 @@ def iterate_batches(
         idx = order[s : s + batch_size]
         xb, yb = X[idx], y[idx.to(y.device)]
         if do_aug:
-            xb = _augment(xb, generator)
+            xb = _augment(xb, generator, fill=fill)
         yield xb, yb
 
 

@@ -43,6 +43,7 @@ import subprocess
 import sys
 import time
 
+from . import configs as C
 from . import experiments as E
 
 __all__ = [
@@ -89,12 +90,20 @@ def _g_ufm(p):
     for model in p["FIG5_MODELS"]:
         groups[f"fig5-{model}"] = {f"w{i}": f"fig5-{model}-w{i}" for i in p["FIG5_WIDTHS"]}
     for ds in p["FIG6_DATASETS"]:
-        groups[f"fig6-{ds}"] = {r: f"fig6-{ds}-{r}" for r in ("all", "whb")}
+        groups[f"fig6-{ds}"] = {r: f"fig6-{ds}-{r}" for r in p["FIG6_VARIANTS"]}
     return groups
 
 
 def _g_design(p):
     return {s: {v: f"fig7-{s}-{v}" for v in p["VARIANTS"]} for s in p["SETUPS"]}
+
+
+def _g_losses(p):
+    return {"losses": {w: f"loss-mnist-{w}" for w in p["LOSSES"]}}
+
+
+def _g_imbalance(p):
+    return {"imbalance": {f"r{r}": f"imb-mnist-r{r}" for r in p["RATIOS"]}}
 
 
 #: chapter -> title, its own parameters (names as in its ``parameters`` cell) with their
@@ -109,14 +118,21 @@ CHAPTERS = {
         title="Is the unconstrained feature model valid? (Section 4.2)", figures=("fig5", "fig6"),
         params=dict(FIG5_MODELS=(["mlp", "resnet18"], ("mlp", "resnet18")),
                     FIG5_WIDTHS=([1, 2, 3, 4], (1, 2, 3, 4)),
-                    FIG6_DATASETS=(["mnist", "cifar10"], ("mnist", "cifar10"))),
+                    FIG6_DATASETS=(["mnist", "cifar10"], ("mnist", "cifar10")),
+                    FIG6_VARIANTS=(list(C.FIG6_VARIANTS), C.FIG6_VARIANTS)),
         groups=_g_ufm),
     "exp_design": dict(
         title="Designing networks with neural collapse (Section 4.3)", figures=("fig7",),
         params=dict(SETUPS=(["mnist-resnet18", "cifar10-resnet18", "cifar10-resnet50"],
                             ("mnist-resnet18", "cifar10-resnet18", "cifar10-resnet50")),
-                    VARIANTS=(["learned", "etf", "dk"], ("learned", "etf", "dk"))),
+                    VARIANTS=(list(C.FIG7_VARIANTS), C.FIG7_VARIANTS)),
         groups=_g_design),
+    "other_losses": dict(
+        title="Other losses: MSE, label smoothing, focal", figures=("loss",),
+        params=dict(LOSSES=(["ce", "mse", "ls"], ("ce", "mse", "ls"))), groups=_g_losses),
+    "imbalance": dict(
+        title="Imbalanced classes and minority collapse", figures=("imb",),
+        params=dict(RATIOS=([1, 10, 50], (1, 10, 50))), groups=_g_imbalance),
 }
 
 #: parameters every experiment chapter has (besides its own): name -> default.
@@ -182,7 +198,9 @@ def apply_overrides(config: E.ExperimentConfig, epochs: int | None = None) -> E.
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be None or an integer >= 1, got {epochs!r}")
     lr_step = None if config.lr_step is None else max(1, round(config.lr_step * epochs / config.epochs))
-    return config.replace(epochs=epochs, lr_step=lr_step)
+    ms = None if config.lr_milestones is None else \
+        tuple(sorted({max(1, round(m * epochs / config.epochs)) for m in config.lr_milestones}))
+    return config.replace(epochs=epochs, lr_step=lr_step, lr_milestones=ms)
 
 
 def chapter_groups(chapter: str, profile: str, **params) -> dict:
@@ -192,8 +210,9 @@ def chapter_groups(chapter: str, profile: str, **params) -> dict:
     _check_profile(profile, E.PROFILES)
     p = _resolve_params(chapter, params)
     names = CHAPTERS[chapter]["groups"](p)
-    return {g: {m: apply_overrides(E.get_config(n, profile), params.get("EPOCHS")) for m, n in mem.items()}
-            for g, mem in names.items()}
+    groups = {g: {m: apply_overrides(E.get_config(n, profile), params.get("EPOCHS")) for m, n in mem.items()
+                  if C.has_profile(n, profile)} for g, mem in names.items()}
+    return {g: mem for g, mem in groups.items() if mem}
 
 
 def chapter_configs(chapter: str, profile: str, **params) -> list:
@@ -230,7 +249,7 @@ def find_equivalent(config: E.ExperimentConfig, results_dir) -> pathlib.Path | N
         try:
             with open(path) as f:
                 res = json.load(f)
-            other = E.ExperimentConfig(**res["config"])
+            other = C.check_config(res["config"])
         except (OSError, ValueError, TypeError, KeyError):
             continue
         if training_key(other) == key:
@@ -250,6 +269,7 @@ def copy_equivalent(config: E.ExperimentConfig, results_dir) -> dict | None:
     res["config"] = config.to_dict()
     res["config_hash"] = E.config_hash(config)
     res.setdefault("provenance", {})["copied_from"] = src.name
+    res["content_hash"] = E.content_hash(res)
     path = E.results_path(config, results_dir)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -331,7 +351,7 @@ def _as_config(x) -> E.ExperimentConfig:
     if isinstance(x, E.ExperimentConfig):
         return x
     if isinstance(x, dict):
-        return E.ExperimentConfig(**(x["config"] if "config" in x else x))
+        return C.check_config(x["config"] if "config" in x else x)
     raise ValueError(f"expected an ExperimentConfig, its dict or a results dict, got {type(x).__name__}")
 
 
@@ -605,7 +625,8 @@ def plan(chapters, profile: str, params: dict | None = None, *, book_dir="book",
     per_chapter = {}
     known = set()
     for ch in chapters:
-        nb_params = notebook_parameters(book_dir / f"{ch}.md")
+        path = book_dir / f"{ch}.md"
+        nb_params = notebook_parameters(path) if path.exists() else chapter_parameters(ch)
         known |= set(nb_params)
         per_chapter[ch] = {k: v for k, v in params.items() if k in nb_params}
     unknown = sorted(set(params) - known)
@@ -711,7 +732,8 @@ def _gpu_slots(gpus, per_gpu: int) -> list:
 
 
 def _run_one(run: PlannedRun, slot, log_dir: pathlib.Path, resume: bool, threads: int | None) -> tuple:
-    """Train one configuration in a worker process (``python -m nclib _worker``), logging to a file."""
+    """Train one configuration in a worker process (``python -m nclib _worker``), logging to a
+    file; the worker sets torch's thread count to ``threads`` (:func:`nclib.threads.configure`)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{run.config.name}__{run.config.profile}.log"
     env = dict(os.environ)
@@ -719,6 +741,7 @@ def _run_one(run: PlannedRun, slot, log_dir: pathlib.Path, resume: bool, threads
         env["CUDA_VISIBLE_DEVICES"] = slot
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
+        env["NCLIB_THREADS"] = str(threads)
     cmd = [sys.executable, "-m", "nclib", "_worker", "--config", json.dumps(run.config.to_dict()),
            "--results-dir", str(run.results_dir)] + ([] if resume else ["--fresh"])
     t0 = time.time()
@@ -734,7 +757,9 @@ def worker(config_json: str, results_dir: str, fresh: bool = False) -> dict:
     ``fresh``: ignore a stored result and a checkpoint (the new result replaces the old
     file only once it is complete)."""
     import tempfile
-    cfg = E.ExperimentConfig(**json.loads(config_json))
+    from .threads import configure
+    configure()  # $NCLIB_THREADS (set by the runner from --threads), else one thread
+    cfg = C.check_config(json.loads(config_json))
     rdir = pathlib.Path(results_dir)
     if not fresh:
         res = _stored(cfg, rdir) or copy_equivalent(cfg, rdir)
@@ -755,9 +780,10 @@ def worker(config_json: str, results_dir: str, fresh: bool = False) -> dict:
 def run_chapters(chapters=(), profile: str = "auto", params: dict | None = None, *, book_dir="book",
                  results_dir="results", output_dir="_build/executed", log_dir="_build/logs",
                  resume: bool = False, dry_run: bool = False, gpus="auto", per_gpu: int = 1,
-                 threads: int | None = None, execute: bool = True, echo=print) -> dict:
+                 threads: int | None = None, workers: int = 1, execute: bool = True, echo=print) -> dict:
     """``python -m nclib run``: plan, pre-run the configurations in worker processes (in
-    parallel, one per device slot: ``per_gpu`` per GPU, or one on a CPU-only machine), then
+    parallel, one per device slot: ``per_gpu`` per GPU, or ``workers`` CPU processes of
+    ``threads`` threads each on a CPU-only machine), then
     execute each chapter with papermill (cwd = ``book_dir``; the notebook only loads), writing
     ``<output_dir>/<chapter>.ipynb`` and logs under ``log_dir``.  Returns a summary dict."""
     from concurrent.futures import ThreadPoolExecutor
@@ -776,6 +802,9 @@ def run_chapters(chapters=(), profile: str = "auto", params: dict | None = None,
     todo.sort(key=lambda r: -r.estimate_s)
     copies = [r for r in runs if r.status == "copy"]
     slots = _gpu_slots(gpus, per_gpu)
+    if slots == [None] and workers > 1:
+        slots = [None] * int(workers)  # CPU workers, each pinned to `threads` (default 1) threads
+        threads = threads or 1
     if todo and slots == [None]:
         # no GPU: one configuration after the other, in this process (no start-up cost per run)
         import contextlib

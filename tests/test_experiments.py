@@ -23,9 +23,11 @@ def strip(h):
 # ----------------------------------------------------------------------------- the configurations
 def test_names_cover_figures_3_to_7():
     names = E.list_configs()
-    assert len(names) == len(set(names)) == 6 + 8 + 4 + 9
+    assert len(names) == len(set(names)) == 6 + 8 + 8 + 12 + 3 + 3
     assert E.list_configs("fig4") == E.list_configs("fig3")
-    assert {n.split("-")[0] for n in names} == {"fig3", "fig5", "fig6", "fig7"}
+    assert {n.split("-")[0] for n in names} == {"fig3", "fig5", "fig6", "fig7", "loss", "imb"}
+    assert not any("resnet50" in n or "authors" in n for n in E.list_configs(profile="cpu"))
+    assert len(E.list_configs(profile="full")) == 6 + 8 + 8 + 12
     for ds in ("mnist", "cifar10"):
         for opt in ("sgd", "adam", "lbfgs"):
             assert f"fig3-{ds}-{opt}" in names
@@ -59,21 +61,31 @@ def test_full_profile_is_the_papers_protocol():
         assert c.depth == (4 if c.model == "mlp" else None)
     widths = [E.get_config(f"fig5-mlp-w{i}", "full").width for i in range(1, 5)]
     assert widths == sorted(widths) and len(set(widths)) == 4
-    w = E.get_config("fig6-cifar10-whb", "full")
-    assert (w.regularization, w.lambda_W, w.lambda_b, w.lambda_H) == ("whb", 0.01, 0.01, 1e-5)
+    for n in E.list_configs("fig5"):  # ResNet18_adapt: 3x3 stride-1 stem (footnote 13)
+        assert E.get_config(n, "full").stem == ("cifar" if "resnet18" in n else "imagenet")
+    for v in ("eq4", "batch_sum", "authors"):
+        w = E.get_config(f"fig6-cifar10-{v}", "full")
+        assert (w.regularization, w.lambda_W, w.lambda_b, w.lambda_H, w.feature_decay, w.batch_size) == \
+            ("whb", 0.01, 0.01, 1e-5, v, 64)
     assert E.get_config("fig6-mnist-all", "full").regularization == "all"
     r50 = E.get_config("fig7-cifar10-resnet50-etf", "full")
     assert (r50.model, r50.stem, r50.augment, r50.fixed_classifier) == ("resnet50", "cifar", True, "etf")
-    assert E.get_config("fig7-mnist-resnet18-dk", "full").feature_dim == 10
-    assert not E.get_config("fig7-mnist-resnet18-learned", "full").augment
+    for setup in ("mnist-resnet18", "cifar10-resnet18", "cifar10-resnet50"):
+        cs = {v: E.get_config(f"fig7-{setup}-{v}", "full") for v in ("learned", "etf", "dk", "etf-dk")}
+        assert {c.batch_size for c in cs.values()} == {128}
+        assert (cs["dk"].feature_dim, cs["etf-dk"].feature_dim, cs["etf-dk"].fixed_classifier) == (10, 10, "etf")
+        assert {c.augment for c in cs.values()} == {setup.startswith("cifar10")}
+    assert {E.get_config(n, "full").precision for n in E.list_configs(profile="full")} == {"fp32"}
 
 
-def test_cpu_profile_uses_real_small_data():
-    for n in E.list_configs():
+def test_cpu_profile_uses_real_data_at_a_tenth_of_the_papers_scale():
+    """Issue: every ResNet18 run of Figures 3, 4, 6, 7 on >= 500 images per class, >= 1,000 test images."""
+    for n in E.list_configs(profile="cpu"):
         c = E.get_config(n, "cpu")
         assert c.dataset in ("mnist", "cifar10-jpeg"), n
-        assert c.n_per_class is not None and c.n_per_class <= 100
-        assert c.epochs <= 60
+        if c.figure in ("fig3", "fig6", "fig7"):
+            assert c.n_per_class >= 500 and c.n_test_per_class * 10 >= 1000 and c.model == "resnet18", n
+    for n in E.list_configs():
         s = E.get_config(n, "smoke")
         assert s.dataset in ("digits", "gaussian") and s.epochs <= 2
 
@@ -82,7 +94,16 @@ def test_hash_and_path():
     c = E.get_config("fig3-mnist-sgd", "smoke")
     assert E.config_hash(c) == E.config_hash(E.get_config("fig3-mnist-sgd", "smoke"))
     assert E.config_hash(c.replace(lr=0.01)) != E.config_hash(c)
-    assert E.config_hash(c.replace(bf16=True)) != E.config_hash(c)
+    assert E.config_hash(c.replace(precision="bf16")) != E.config_hash(c)
+    # fields at their defaults are left out of the hash (so new fields do not orphan results):
+    # an independent computation over the non-default fields only
+    import dataclasses
+    defaults = {f.name: f.default for f in dataclasses.fields(E.ExperimentConfig)
+                if f.default is not dataclasses.MISSING}
+    d = {k: v for k, v in c.to_dict().items() if k not in defaults or v != defaults[k]}
+    assert "precision" not in d and "loss" not in d
+    want = hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+    assert E.config_hash(c) == want
     p = E.results_path(c, "somewhere")
     assert p.name == f"fig3-mnist-sgd__smoke__{E.config_hash(c)}.json" and p.parent.name == "somewhere"
     with pytest.raises(ValueError, match="ExperimentConfig"):
@@ -104,15 +125,21 @@ def test_smoke_run_of_every_configuration(name, tmp_path, monkeypatch):
     assert path.exists() and not list((tmp_path / "ck").glob("*.pt"))  # checkpoint removed when done
     h = res["history"]
     assert h["epoch"] == list(range(1, c.epochs + 1))
-    for k in ("nc1", "nc2", "nc3", "nc4", "train_acc", "test_acc"):
+    for k in ("nc1", "nc2", "nc3", "nc4", "train_acc", "test_acc", "test_nc1", "test_nc3", "test_nc4"):
         assert len(h[k]) == c.epochs
+    assert res["content_hash"] == E.content_hash(res)
+    g = res["geometry"]
+    K = len(g["W"])
+    assert K == 10 and len(g["class_means_train"]) == K and len(g["test_acc_per_class"]) == K
+    if c.class_counts is not None:
+        assert res["data"]["class_counts"] == list(c.class_counts)
     assert res["final"]["train_acc"] == h["train_acc"][-1]
     assert res["config"] == json.loads(json.dumps(c.to_dict()))
     p = res["provenance"]
     for k in ("nclib_version", "git_commit", "torch_version", "device", "device_name", "tf32_matmul",
-              "tf32_cudnn", "bf16_autocast", "torch_compile", "wall_time_s", "date"):
+              "tf32_cudnn", "precision", "torch_compile", "wall_time_s", "date", "cpu_threads"):
         assert k in p, k
-    assert p["device"] == "cpu" and p["bf16_autocast"] is False
+    assert p["device"] == "cpu" and p["precision"] == "fp32" and p["cpu_threads"] == torch.get_num_threads()
     # parameter counts: independent count on a freshly built model
     from nclib import models
     m = models.build(c.model, 10, feature_dim=c.feature_dim, fixed_classifier=c.fixed_classifier,
@@ -170,13 +197,24 @@ def test_mismatched_file_raises(stored, tmp_path):
     c, d, res = stored
     obj = json.loads(E.results_path(c, d).read_text())
     obj["config"]["lr"] = 0.5
+    obj["content_hash"] = E.content_hash(obj)
     E.results_path(c, tmp_path).write_text(json.dumps(obj))
     with pytest.raises(ValueError, match="does not match.*lr"):
         E.load_or_run(c, tmp_path, run=False)
     obj["config"]["lr"] = c.lr
     obj["config_hash"] = "0" * 12
+    obj["content_hash"] = E.content_hash(obj)
     E.results_path(c, tmp_path).write_text(json.dumps(obj))
     with pytest.raises(ValueError, match="does not match"):
+        E.load_or_run(c, tmp_path, run=False)
+
+
+def test_edited_number_is_caught_by_the_content_hash(stored, tmp_path):
+    c, d, res = stored
+    obj = json.loads(E.results_path(c, d).read_text())
+    obj["final"]["test_acc"] = 0.995
+    E.results_path(c, tmp_path).write_text(json.dumps(obj))
+    with pytest.raises(ValueError, match="changed after it was written"):
         E.load_or_run(c, tmp_path, run=False)
 
 

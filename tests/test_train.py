@@ -326,7 +326,7 @@ def test_smoke_each_optimizer_reaches_full_train_accuracy(optimizer):
         assert len(h[key]) == 8 and all(np.isfinite(h[key])), key
     assert h["train_acc"][-1] == 1.0
     assert h["nc1"][-1] < h["nc1"][0]
-    assert h["settings"]["optimizer"] == optimizer and h["settings"]["bf16"] is False
+    assert h["settings"]["optimizer"] == optimizer and h["settings"]["precision"] == "fp32"
     assert h["settings"]["compile"] is False and "tf32_matmul" in h["settings"]
     # the logged metrics are those of the final model, computed independently
     model.eval()
@@ -354,8 +354,8 @@ def test_no_extra_forward_per_training_step():
 
 def test_bf16_autocast_runs_and_is_recorded():
     X, y = blobs()
-    h = T.train(make(), (X, y), epochs=1, batch_size=10, bf16=True, **KW)
-    assert h["settings"]["bf16"] is True and np.isfinite(h["nc1"][0])
+    h = T.train(make(), (X, y), epochs=1, batch_size=10, precision="bf16", **KW)
+    assert h["settings"]["precision"] == "bf16" and np.isfinite(h["nc1"][0])
 
 
 def test_a_finished_run_can_be_extended(tmp_path):
