@@ -171,24 +171,30 @@ def plot_nc_panels(histories: dict, *, x_key: str = "epoch", metrics=("nc1", "nc
 
 
 def draw_simplex(ax, points: np.ndarray, *, labels=None, color_list=None, edges: bool = True,
-                 annotate: bool = True):
-    """Draw K points (rows) in 2-D or 3-D (``ax`` a 3-D axes for 3 columns) as vectors from 0."""
+                 annotate: bool = True, legend: bool = False):
+    """Draw K points (rows) in 2-D or 3-D (``ax`` a 3-D axes for 3 columns) as vectors from 0.
+
+    Each point is labelled next to its tip (``annotate``) or in a legend (``legend``; better
+    in 3-D, where text placed next to a point can hide behind the panes or the ticks)."""
     P = np.asarray(points, dtype=float)
     K, dim = P.shape
     if dim not in (2, 3):
         raise ValueError(f"points must have 2 or 3 columns, got {dim}")
     cols = color_list or [_CYCLE[k % len(_CYCLE)] for k in range(K)]
+    names = [labels[k] if labels else f"class {k + 1}" for k in range(K)]
     origin = np.zeros(dim)
     for k in range(K):
         seg = np.stack([origin, P[k]])
         ax.plot(*seg.T, color=cols[k], lw=2)
-        ax.scatter(*P[k], color=cols[k], s=40)
-        if annotate:
-            ax.text(*(1.12 * P[k]), labels[k] if labels else f"class {k + 1}", color=cols[k])
+        ax.scatter(*P[k], color=cols[k], s=40, label=names[k])
+        if annotate and not legend:
+            ax.text(*(1.12 * P[k]), names[k], color=cols[k])
     if edges:
         for i in range(K):
             for j in range(i + 1, K):
                 ax.plot(*np.stack([P[i], P[j]]).T, color="grey", lw=0.8, ls="--")
+    if legend:
+        ax.legend(loc="upper left", fontsize=9)
     return ax
 
 
