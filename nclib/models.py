@@ -300,3 +300,42 @@ def classifier_fraction(model: nn.Module) -> float:
     of parameters a fixed classifier saves (Section 4.3: 8.01% for ResNet50 and 11.76% for
     DenseNet169 on ImageNet, K = 1000)."""
     return classifier_of(model).weight.numel() / count_parameters(model)
+
+
+# ----------------------------------------------------------------------------- Section 4.3 parameter savings
+#: The paper's numbers (Section 4.3) for the tables of the exp_design chapter.
+PAPER_SAVINGS = {"dk": {"resnet18": 20.70, "resnet50": 4.45},
+                 "fixed": {"resnet50": 8.01, "densenet169": 11.76, "shufflenet": 52.56}}
+
+
+def dk_savings(models=("resnet18", "resnet50"), num_classes: int = 10, stem: str = "imagenet") -> list:
+    """Section 4.3, "d = K": parameters of each network with its own feature dimension and with
+    d = K (:func:`nclib.models.build` with ``feature_dim=K``), counted from the models
+    themselves.  Rows: dict(model, d, params, params_dk, saving_percent)."""
+    rows = []
+    for name in models:
+        a = build(name, num_classes, stem=stem)
+        b = build(name, num_classes, feature_dim=num_classes, stem=stem)
+        pa, pb = count_parameters(a), count_parameters(b)
+        rows.append(dict(model=name, d=int(a.classifier.in_features), params=pa, params_dk=pb,
+                         saving_percent=100.0 * (pa - pb) / pa))
+    return rows
+
+
+def fixed_classifier_savings(models=("resnet50", "densenet169", "shufflenet_v2_x1_0"),
+                             num_classes: int = 1000) -> list:
+    """Section 4.3, fixed classifier on ImageNet: the share of all parameters in the classifier's
+    K x d weight matrix (bias excluded; :func:`nclib.models.classifier_fraction`) of
+    torchvision's models with ``num_classes`` outputs, no pretrained weights.  Rows:
+    dict(model, K, d, classifier_weight, params, saving_percent)."""
+    import torchvision
+
+    rows = []
+    for name in models:
+        if not hasattr(torchvision.models, name):
+            raise ValueError(f"unknown torchvision model {name!r}")
+        m = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+        fc = classifier_of(m)
+        rows.append(dict(model=name, K=num_classes, d=int(fc.in_features), classifier_weight=int(fc.weight.numel()),
+                         params=count_parameters(m), saving_percent=100.0 * classifier_fraction(m)))
+    return rows

@@ -1,0 +1,465 @@
+"""What the experiment chapters show: their runs, the stored results they load, captions and provenance.
+
+The experiment chapters of the book reproduce Sections 4.1-4.3 of Zhu et al. (2021) and go
+beyond them:
+
+* ``exp_optimizers``   -- Section 4.1, Figures 3 and 4 (``fig3-*`` runs of :mod:`nclib.configs`);
+* ``exp_ufm_validity`` -- Section 4.2, Figures 5 and 6 (``fig5-*``, ``fig6-*``);
+* ``exp_design``       -- Section 4.3, Figure 7 (``fig7-*``);
+* ``other_losses``, ``imbalance`` -- beyond the paper (``loss-*``, ``imb-*``).
+
+Each chapter is a parameterized notebook (a cell tagged ``parameters``).  This module holds
+what the chapters and the batch runner (:mod:`nclib.runner`) share: which configurations a
+chapter shows for a profile and its parameters (:func:`chapter_groups`), how they are loaded
+(or trained) and where the shown results came from (:func:`load_chapter`), and captions
+(:func:`describe_data`, :func:`describe_run`, :func:`provenance_line`).
+
+Profiles: ``"smoke"``, ``"cpu"``, ``"full"`` as in :mod:`nclib.configs`, and ``"auto"``: per
+figure panel (a *group* of runs drawn together), the stored ``"full"`` results when all of the
+panel's runs have them, else the ``"cpu"`` profile (loaded when stored, else trained while
+the estimated cost stays within ``auto_run_limit_s``; runs beyond it are left out and named in
+the note).  :attr:`ChapterResults.note` says which profile each panel shows and where its
+results came from (device, date, commit, wall time).
+
+Equivalent runs: e.g. ``fig6-<ds>-all`` and ``fig7-<ds>-resnet18-learned`` (cpu) train exactly
+what ``fig3-<ds>-sgd`` trains (only name, figure and label differ).  Such a run is trained
+once; the others get a copy of its results with their own configuration and
+``provenance["copied_from"]`` naming the source file (:func:`copy_equivalent`).
+
+Smoke results (meaningless numbers, for CI) are never written into the book's results folder:
+they go to ``$NCLIB_SMOKE_RESULTS``, else ``_build/smoke-results`` (relative to the working
+directory, which is ``book/`` for the book build, nbval and the runner).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+
+from . import configs as C
+from . import experiments as E
+from .costs import dataset_sizes, estimate_seconds, fmt_seconds
+
+__all__ = [
+    "CHAPTERS",
+    "PROFILES",
+    "COMMON_PARAMS",
+    "chapter_names",
+    "chapter_parameters",
+    "chapter_groups",
+    "chapter_configs",
+    "apply_overrides",
+    "results_dir_for",
+    "training_key",
+    "find_equivalent",
+    "copy_equivalent",
+    "describe_data",
+    "describe_run",
+    "ChapterResults",
+    "load_chapter",
+    "provenance_line",
+    "results_table",
+]
+
+PROFILES = ("auto",) + tuple(E.PROFILES)
+
+_SMOKE_DIR = os.path.join("_build", "smoke-results")
+
+
+# ----------------------------------------------------------------------------- chapter specs
+def _g_optimizers(p):
+    return {ds: {opt: f"fig3-{ds}-{opt}" for opt in p["OPTIMIZERS"]} for ds in p["DATASETS"]}
+
+
+def _g_ufm(p):
+    groups = {}
+    for model in p["FIG5_MODELS"]:
+        groups[f"fig5-{model}"] = {f"w{i}": f"fig5-{model}-w{i}" for i in p["FIG5_WIDTHS"]}
+    for ds in p["FIG6_DATASETS"]:
+        groups[f"fig6-{ds}"] = {r: f"fig6-{ds}-{r}" for r in p["FIG6_VARIANTS"]}
+    return groups
+
+
+def _g_design(p):
+    return {s: {v: f"fig7-{s}-{v}" for v in p["VARIANTS"]} for s in p["SETUPS"]}
+
+
+def _g_losses(p):
+    return {"losses": {w: f"loss-mnist-{w}" for w in p["LOSSES"]}}
+
+
+def _g_imbalance(p):
+    return {"imbalance": {f"r{r}": f"imb-mnist-r{r}" for r in p["RATIOS"]}}
+
+
+#: chapter -> title, its own parameters (names as in its ``parameters`` cell) with their
+#: defaults and allowed values, and the function mapping parameters to groups of run names.
+CHAPTERS = {
+    "exp_optimizers": dict(
+        title="Neural collapse with any optimizer (Section 4.1)", figures=("fig3", "fig4"),
+        params=dict(DATASETS=(["mnist", "cifar10"], ("mnist", "cifar10")),
+                    OPTIMIZERS=(["sgd", "adam", "lbfgs"], ("sgd", "adam", "lbfgs"))),
+        groups=_g_optimizers),
+    "exp_ufm_validity": dict(
+        title="Is the unconstrained feature model valid? (Section 4.2)", figures=("fig5", "fig6"),
+        params=dict(FIG5_MODELS=(["mlp", "resnet18"], ("mlp", "resnet18")),
+                    FIG5_WIDTHS=([1, 2, 3, 4], (1, 2, 3, 4)),
+                    FIG6_DATASETS=(["mnist", "cifar10"], ("mnist", "cifar10")),
+                    FIG6_VARIANTS=(list(C.FIG6_VARIANTS), C.FIG6_VARIANTS)),
+        groups=_g_ufm),
+    "exp_design": dict(
+        title="Designing networks with neural collapse (Section 4.3)", figures=("fig7",),
+        params=dict(SETUPS=(["mnist-resnet18", "cifar10-resnet18", "cifar10-resnet50"],
+                            ("mnist-resnet18", "cifar10-resnet18", "cifar10-resnet50")),
+                    VARIANTS=(list(C.FIG7_VARIANTS), C.FIG7_VARIANTS)),
+        groups=_g_design),
+    "other_losses": dict(
+        title="Other losses: MSE, label smoothing, focal", figures=("loss",),
+        params=dict(LOSSES=(["ce", "mse", "ls"], ("ce", "mse", "ls"))), groups=_g_losses),
+    "imbalance": dict(
+        title="Imbalanced classes and minority collapse", figures=("imb",),
+        params=dict(RATIOS=([1, 10, 50], (1, 10, 50))), groups=_g_imbalance),
+}
+
+#: parameters every experiment chapter has (besides its own): name -> default.
+COMMON_PARAMS = dict(PROFILE="auto", RESULTS_DIR="results", EPOCHS=None, DEVICE=None, AUTO_RUN_LIMIT_S=300)
+
+
+def chapter_names() -> list:
+    """The experiment chapters (file stems in ``book/``)."""
+    return list(CHAPTERS)
+
+
+def _check_chapter(chapter) -> dict:
+    if chapter not in CHAPTERS:
+        raise ValueError(f"unknown chapter {chapter!r}; allowed: {', '.join(CHAPTERS)}")
+    return CHAPTERS[chapter]
+
+
+def _check_profile(profile, allowed=PROFILES) -> str:
+    if profile not in allowed:
+        raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(allowed)}")
+    return profile
+
+
+def chapter_parameters(chapter: str) -> dict:
+    """All parameters of a chapter (the common ones and its own) with their defaults."""
+    spec = _check_chapter(chapter)
+    out = dict(COMMON_PARAMS)
+    out.update({k: v[0] for k, v in spec["params"].items()})
+    return out
+
+
+def _resolve_params(chapter: str, params: dict) -> dict:
+    spec = _check_chapter(chapter)
+    allowed = chapter_parameters(chapter)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for chapter {chapter!r}; "
+                         f"allowed: {', '.join(allowed)}")
+    p = {k: v[0] for k, v in spec["params"].items()}
+    p.update({k: v for k, v in params.items() if k in spec["params"] and v is not None})
+    for k, (_, choices) in spec["params"].items():
+        vals = p[k]
+        if isinstance(vals, (str, int)):
+            vals = [vals]
+        if not isinstance(vals, (list, tuple)) or not vals:
+            raise ValueError(f"{k} must be a non-empty list drawn from {list(choices)}, got {p[k]!r}")
+        bad = [v for v in vals if v not in choices]
+        if bad:
+            raise ValueError(f"unknown value(s) {bad} for {k} in chapter {chapter!r}; allowed: {list(choices)}")
+        p[k] = list(vals)
+    ep = params.get("EPOCHS")
+    if ep is not None and (isinstance(ep, bool) or not isinstance(ep, int) or ep < 1):
+        raise ValueError(f"EPOCHS must be None (the profile's) or an integer >= 1, got {ep!r}")
+    return p
+
+
+def apply_overrides(config: E.ExperimentConfig, epochs: int | None = None) -> E.ExperimentConfig:
+    """``config`` with another number of epochs and the same shape of schedule: the lr step
+    scaled with the epochs (e.g. 200 epochs with steps every 40, Section 4 -> 10 epochs with
+    steps every 2).  A changed configuration has another hash, hence its own results file."""
+    if epochs is None or epochs == config.epochs:
+        return config
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be None or an integer >= 1, got {epochs!r}")
+    lr_step = None if config.lr_step is None else max(1, round(config.lr_step * epochs / config.epochs))
+    ms = None if config.lr_milestones is None else \
+        tuple(sorted({max(1, round(m * epochs / config.epochs)) for m in config.lr_milestones}))
+    return config.replace(epochs=epochs, lr_step=lr_step, lr_milestones=ms)
+
+
+def chapter_groups(chapter: str, profile: str, **params) -> dict:
+    """The figure panels of a chapter: ``{group: {member: ExperimentConfig}}`` for a concrete
+    profile (``"smoke"``, ``"cpu"``, ``"full"``) and the chapter's parameters (upper-case
+    names as in its ``parameters`` cell; unknown names raise ValueError)."""
+    _check_profile(profile, E.PROFILES)
+    p = _resolve_params(chapter, params)
+    names = CHAPTERS[chapter]["groups"](p)
+    groups = {g: {m: apply_overrides(E.get_config(n, profile), params.get("EPOCHS")) for m, n in mem.items()
+                  if C.has_profile(n, profile)} for g, mem in names.items()}
+    return {g: mem for g, mem in groups.items() if mem}
+
+
+def chapter_configs(chapter: str, profile: str, **params) -> list:
+    """The configurations of :func:`chapter_groups` as one flat list."""
+    return [c for mem in chapter_groups(chapter, profile, **params).values() for c in mem.values()]
+
+
+def results_dir_for(profile: str, results_dir="results") -> pathlib.Path:
+    """Where a profile's results live: ``results_dir`` for "cpu"/"full"; for "smoke"
+    ``$NCLIB_SMOKE_RESULTS`` or ``_build/smoke-results`` (never the book's results folder)."""
+    if profile == "smoke":
+        return pathlib.Path(os.environ.get("NCLIB_SMOKE_RESULTS") or _SMOKE_DIR)
+    return pathlib.Path(results_dir)
+
+
+# ----------------------------------------------------------------------------- equivalent runs
+_NOT_TRAINING = ("name", "figure", "label")
+
+
+def training_key(config: E.ExperimentConfig) -> str:
+    """A hash of everything that determines the *training* (the configuration without its
+    name, figure and label): two configurations with the same key train identically."""
+    import hashlib
+    d = {k: v for k, v in config.to_dict().items() if k not in _NOT_TRAINING}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def find_equivalent(config: E.ExperimentConfig, results_dir) -> pathlib.Path | None:
+    """A stored results file (of another name) whose run trains exactly what ``config`` trains."""
+    key = training_key(config)
+    for path in sorted(pathlib.Path(results_dir).glob(f"*__{config.profile}__*.json")):
+        if path.name.startswith(config.name + "__"):
+            continue
+        try:
+            with open(path) as f:
+                res = json.load(f)
+            other = C.check_config(res["config"])
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        if training_key(other) == key:
+            return path
+    return None
+
+
+def copy_equivalent(config: E.ExperimentConfig, results_dir) -> dict | None:
+    """If an equivalent run is stored (:func:`find_equivalent`), store its results under
+    ``config``'s own name (its configuration, hash and ``provenance["copied_from"]``) and
+    return them; else None.  Nothing is trained."""
+    src = find_equivalent(config, results_dir)
+    if src is None:
+        return None
+    with open(src) as f:
+        res = json.load(f)
+    res["config"] = config.to_dict()
+    res["config_hash"] = E.config_hash(config)
+    res.setdefault("provenance", {})["copied_from"] = src.name
+    res["content_hash"] = E.content_hash(res)
+    path = E.results_path(config, results_dir)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "w") as f:
+        json.dump(res, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    return E.load_or_run(config, results_dir, run=False)
+
+
+# ----------------------------------------------------------------------------- captions
+_DATA_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar10-jpeg": "CIFAR-10 (JPEG q75 copy)",
+               "fashionmnist": "Fashion-MNIST", "cifar100": "CIFAR-100",
+               "digits": "scikit-learn digits (8 x 8, upsampled; smoke test only)",
+               "gaussian": "a synthetic Gaussian mixture (smoke test only)"}
+
+
+def _as_config(x) -> E.ExperimentConfig:
+    """An ExperimentConfig from itself, its dict, or a results dict holding it."""
+    if isinstance(x, E.ExperimentConfig):
+        return x
+    if isinstance(x, dict):
+        return C.check_config(x["config"] if "config" in x else x)
+    raise ValueError(f"expected an ExperimentConfig, its dict or a results dict, got {type(x).__name__}")
+
+
+def describe_data(config) -> str:
+    """What a run was trained on, for a caption: the dataset's honest name (the JPEG stand-in
+    is always called "CIFAR-10 (JPEG q75 copy)"), the subset sizes and random labels.
+    ``config``: an ExperimentConfig, its dict, or a results dict."""
+    config = _as_config(config)
+    name = _DATA_NAMES.get(config.dataset, config.dataset)
+    n, nt = dataset_sizes(config)
+    if config.class_counts is not None:
+        cc = sorted(set(config.class_counts), reverse=True)
+        sub = (f"an imbalanced subset ({n:,} training images; per class "
+               f"{' / '.join(str(v) for v in cc)}: {list(config.class_counts)})")
+    elif config.n_per_class is None:
+        sub = f"all {n:,} training images"
+    else:
+        sub = f"a balanced subset of {config.n_per_class} per class ({n:,} training images)"
+    test = f", {nt:,} test images" if config.n_test_per_class is not None else ""
+    rnd = ", random labels" if config.random_labels else ""
+    aug = ", crop + flip augmentation" if config.augment else ""
+    return f"{name}, {sub}{test}{rnd}{aug}"
+
+
+def describe_run(config) -> str:
+    """Model, optimizer and schedule of a run, for a caption (same arguments as :func:`describe_data`)."""
+    config = _as_config(config)
+    model = config.model.replace("resnet", "ResNet").replace("mlp", f"MLP (depth {config.depth or 4})")
+    if config.width is not None:
+        model += f" width {config.width:g}" + ("" if config.model == "mlp" else "x")
+    if config.stem == "cifar":
+        model += " (3x3 stem)"
+    if config.lr_milestones:
+        sched = f"lr x{config.lr_gamma:g} after epochs {', '.join(str(m) for m in config.lr_milestones)}"
+    elif config.lr_step is not None:
+        sched = f"lr x{config.lr_gamma:g} every {config.lr_step} epochs"
+    else:
+        sched = "no schedule"
+    opt = {"sgd": "SGD", "adam": "Adam", "lbfgs": "L-BFGS"}.get(config.optimizer, config.optimizer)
+    if config.regularization == "all":
+        reg = f"weight decay {config.weight_decay:g} on all parameters"
+    else:
+        reg = (f"decay lambda_W = lambda_b = {config.lambda_W:g}, lambda_H = {config.lambda_H:g} "
+               f"({config.feature_decay} scaling), none on the backbone")
+    loss = "" if config.loss == "ce" else f", {config.loss.replace('_', ' ')}" + \
+        (f" {config.smoothing:g}" if config.smoothing else "")
+    if config.fixed_classifier:
+        model += ", fixed ETF classifier"
+    if config.feature_dim:
+        model += f", d = {config.feature_dim}"
+    return (f"{model}, {opt} lr {config.lr:g}, batch {config.batch_size}, "
+            f"{config.epochs} epochs, {sched}, {reg}{loss}")
+
+
+# ----------------------------------------------------------------------------- loading for a chapter
+def provenance_line(res: dict) -> str:
+    """One line naming where a stored result came from (device, date, commit, wall time)."""
+    pv = res.get("provenance", {})
+    wall = pv.get("wall_time_s")
+    wall_s = fmt_seconds(wall) if isinstance(wall, (int, float)) else "?"
+    dev = pv.get("device_name") or pv.get("device") or "?"
+    line = (f"{res['config']['name']}: {pv.get('device', '?')} ({dev}), {pv.get('date', '?')}, "
+            f"commit {str(pv.get('git_commit', '?'))[:12]}, wall time {wall_s}")
+    if pv.get("copied_from"):
+        line += f" [same training as {pv['copied_from'].split('__')[0]}]"
+    return line
+
+
+@dataclasses.dataclass
+class ChapterResults:
+    """What a chapter shows.  ``groups``: ``{group: {member: results dict}}`` (only runs that
+    are available); ``profiles``: the profile shown per group; ``sources``: per run name,
+    "stored", "copied" or "trained now"; ``missing``: run names left out and why; ``note``:
+    the text the chapter prints (never silent about where numbers came from)."""
+
+    requested: str
+    groups: dict
+    profiles: dict
+    sources: dict
+    missing: dict
+    note: str
+
+    def get(self, group, member):
+        """The results of one run, or None if it is not available."""
+        return self.groups.get(group, {}).get(member)
+
+
+def _stored(config, results_dir):
+    try:
+        return E.load_or_run(config, results_dir, run=False)
+    except E.ResultsNotFound:
+        return None
+
+
+def load_chapter(chapter: str, profile: str = "auto", results_dir="results", *, epochs=None, device=None,
+                 auto_run_limit_s: float = 300, progress: bool = False, **params) -> ChapterResults:
+    """The results a chapter shows, loaded or trained (see the module docstring for "auto").
+
+    ``profile``: "auto", "smoke", "cpu" or "full".  An explicit profile loads what is stored
+    and trains the rest (:func:`nclib.experiments.load_or_run`); "auto" shows stored "full"
+    results per group when complete, else "cpu" results, training missing cpu runs only
+    while their summed estimated cost (:func:`estimate_seconds`) stays within
+    ``auto_run_limit_s``; in "auto", a run that cannot be trained here (e.g. its dataset is
+    missing: RuntimeError/OSError) is left out and named in the note instead of failing.  ``params``: the chapter's own parameters (e.g. ``DATASETS``).
+    """
+    _check_profile(profile)
+    kw = dict(params, EPOCHS=epochs)
+    groups_by = {p: chapter_groups(chapter, p, **kw) for p in (("full", "cpu") if profile == "auto" else (profile,))}
+    out, profiles, sources, missing, lines = {}, {}, {}, {}, []
+    budget = float(auto_run_limit_s)
+    for g in groups_by[next(iter(groups_by))]:
+        if profile == "auto":
+            full = {m: _stored(c, results_dir) for m, c in groups_by["full"][g].items()}
+            if all(r is not None for r in full.values()):
+                out[g], profiles[g] = full, "full"
+                sources.update({r["config"]["name"]: "stored" for r in full.values()})
+                continue
+            prof = "cpu"
+        else:
+            prof = profile
+        profiles[g] = prof
+        rdir = results_dir_for(prof, results_dir)
+        out[g] = {}
+        for m, c in groups_by[prof][g].items():
+            res = _stored(c, rdir)
+            src = "stored"
+            if res is None:
+                res = copy_equivalent(c, rdir)
+                src = "copied"
+            if res is None:
+                est = estimate_seconds(c, "cpu" if prof != "full" else "auto")
+                if profile == "auto" and est > budget:
+                    missing[c.name] = (f"not stored in {rdir}; estimated {est / 60:.0f} min on one CPU thread "
+                                       f"exceeds the auto-run limit ({budget / 60:.0f} min left)")
+                    continue
+                budget -= est
+                try:
+                    res = E.load_or_run(c, rdir, device=device, progress=progress)
+                except (RuntimeError, OSError) as exc:  # e.g. the dataset is not there
+                    if profile != "auto":
+                        raise
+                    missing[c.name] = f"not stored in {rdir}, and training it here failed ({exc})"
+                    continue
+                src = "trained now"
+            out[g][m] = res
+            sources[c.name] = src
+    shown = sorted({p for g, p in profiles.items() if out[g]})
+    lines.append(f"Requested profile {profile!r}; showing profile(s): {', '.join(shown) or 'none'} "
+                 f"({', '.join(f'{g}: {p}' for g, p in profiles.items())}).")
+    if "full" not in shown:
+        lines.append("No full-profile (GPU, paper-scale) results are stored yet: the curves below are "
+                     "small-scale runs (see the captions), not the paper's experiment.")
+    for g, mem in out.items():
+        for res in mem.values():
+            lines.append(f"  - [{profiles[g]}, {sources[res['config']['name']]}] {provenance_line(res)}")
+    for name, why in missing.items():
+        lines.append(f"  - MISSING {name}: {why}. Run: python -m nclib run {chapter} --profile cpu --resume")
+    return ChapterResults(requested=profile, groups=out, profiles=profiles, sources=sources, missing=missing,
+                          note="\n".join(lines))
+
+
+def results_table(results_dir="book/results", profile: str | None = None) -> str:
+    """A Markdown table of the stored results (for the README): run, profile, data, device,
+    wall time, epochs, final train/test accuracy and NC1, date and commit; one row per file,
+    sorted by name."""
+    rows = ["| run | profile | data | device | wall time | epochs | train acc | test acc | NC1 | date | commit |",
+            "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    for path in sorted(pathlib.Path(results_dir).glob("*__*__*.json")):
+        with open(path) as f:
+            res = json.load(f)
+        c = _as_config(res)
+        if profile is not None and c.profile != profile:
+            continue
+        pv, fin = res.get("provenance", {}), res.get("final", {})
+        wall = pv.get("wall_time_s")
+        same = f" (copy of {pv['copied_from'].split('__')[0]})" if pv.get("copied_from") else ""
+        rows.append(f"| {c.name}{same} | {c.profile} | {describe_data(c)} | {pv.get('device', '?')} "
+                    f"({pv.get('device_name', '?')}, {pv.get('cpu_threads', '?')} threads) | "
+                    f"{fmt_seconds(wall) if isinstance(wall, (int, float)) else '?'} | {fin.get('epoch', '?')} | "
+                    f"{100 * fin.get('train_acc', float('nan')):.1f}% | {100 * fin.get('test_acc', float('nan')):.1f}% | "
+                    f"{fin.get('nc1', float('nan')):.3g} | {str(pv.get('date', '?'))[:10]} | "
+                    f"{str(pv.get('git_commit', '?'))[:12]} |")
+    return "\n".join(rows)
