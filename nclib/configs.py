@@ -169,10 +169,10 @@ def _json(v):
 #: Weight decay of the cpu recipe (all parameters, eq. (2)); the paper's is 5e-4 (see module doc).
 CPU_WEIGHT_DECAY = 1e-2
 #: Epochs and learning-rate milestones (x 0.1) of the cpu recipe for SGD and Adam.
-CPU_EPOCHS = 180
-CPU_MILESTONES = (80, 140)
+CPU_EPOCHS = 150
+CPU_MILESTONES = (70, 120)
 #: L-BFGS in the cpu recipe: batch, epochs, weight decay (chosen on training metrics, see module doc).
-CPU_LBFGS = dict(batch_size=2500, epochs=15, weight_decay=5e-3)
+CPU_LBFGS = dict(batch_size=2500, epochs=8, weight_decay=5e-3)
 _CPU_WIDTH = 0.25
 _CPU_N, _CPU_NTEST = 500, 100
 
@@ -218,8 +218,8 @@ def _fig5(name, profile, model, i):
     if profile == "full":
         data = dict(dataset="cifar10", epochs=200, lr_step=40, batch_size=64)
     elif profile == "cpu":
-        data = dict(dataset="cifar10-jpeg", n_per_class=50, n_test_per_class=50, epochs=150, lr_step=None,
-                    lr_milestones=(100, 130), batch_size=16, log_epochs="log")
+        data = dict(dataset="cifar10-jpeg", n_per_class=50, n_test_per_class=50, epochs=100, lr_step=None,
+                    lr_milestones=(70, 90), batch_size=16, log_epochs="log")
     else:
         data = dict(dataset="gaussian", n_per_class=4, n_test_per_class=2, epochs=2, lr_step=1, batch_size=16,
                     eval_batch_size=256)
