@@ -1,6 +1,13 @@
 """Benchmark: solving the unconstrained feature model (4) to within 1e-10 of its closed-form minimum.
 
 Run:  python benchmarks/bench_ufm.py [--n 100 300 1000] [--d 512] [--K 10]
+      python benchmarks/bench_ufm.py --losses [--loss-n 5000] [--loss-time-limit 240]
+
+``--losses``: ``solve`` for each loss (CE, MSE, label smoothing, focal) and an imbalanced CE case
+(5 classes of n and 5 of n/10) at the MNIST size (K = 10, n = 5000, d = 512), against the plain
+torch L-BFGS on the full problem with the same loss, as ratios in one process.  f* is the closed form
+where one exists (balanced) and otherwise our value; a baseline that hits the time limit gives a
+lower bound on the ratio (printed with ">=").
 
 Baseline: a plain ``torch.optim.LBFGS(history_size=20, line_search_fn="strong_wolfe")`` in float64
 on the full (W, H, b) with an autograd closure (torch's default max_iter=20 per .step()).
@@ -21,7 +28,8 @@ import time
 import numpy as np
 import torch
 
-from nclib.ufm import balanced_labels, closed_form, solve
+from nclib import losses
+from nclib.ufm import balanced_labels, class_labels, closed_form, solve
 
 TARGET = 1e-10
 
@@ -60,6 +68,63 @@ def baseline_lbfgs(K, n, d, lams, seed, f_star, time_limit):
     return time.perf_counter() - t0, time.process_time() - c0, gap, n_iter
 
 
+def baseline_lbfgs_loss(K, sizes, d, lams, seed, f_star, time_limit, loss, kw):
+    """The plain full-problem torch L-BFGS (as :func:`baseline_lbfgs`) for any loss and class sizes."""
+    lW, lH, lb = lams
+    rng = np.random.default_rng(seed)
+    s = 1.0 / math.sqrt(d)
+    N = int(sum(sizes))
+    W = torch.tensor(s * rng.standard_normal((K, d)), requires_grad=True)
+    H = torch.tensor(s * rng.standard_normal((N, d)), requires_grad=True)
+    b = torch.tensor(s * rng.standard_normal(K), requires_grad=True)
+    y = torch.as_tensor(class_labels(K, list(sizes)))
+    opt = torch.optim.LBFGS([W, H, b], history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=0.0, tolerance_change=0.0)
+
+    def f():
+        return (losses.loss(H @ W.T + b, y, loss, **kw) + lW / 2 * W.pow(2).sum()
+                + lH / 2 * H.pow(2).sum() + lb / 2 * b.pow(2).sum())
+
+    def closure():
+        opt.zero_grad()
+        v = f()
+        v.backward()
+        return v
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    while True:
+        opt.step(closure)
+        with torch.no_grad():
+            gap = f().item() - f_star
+        if gap <= TARGET or time.perf_counter() - t0 > time_limit:
+            break
+    return time.perf_counter() - t0, time.process_time() - c0, gap, opt.state[W]["n_iter"]
+
+
+def bench_losses(K, n, d, lams, seed, time_limit, repeats=3):
+    """One line per case: ours (best of ``repeats``) vs the plain full-problem L-BFGS."""
+    cases = [("ce", {}, [n] * K), ("mse", {}, [n] * K), ("label_smoothing", {"smoothing": 0.1}, [n] * K),
+             ("focal", {"gamma": 2.0}, [n] * K), ("ce", {}, [n] * (K // 2) + [n // 10] * (K - K // 2))]
+    print(f"losses at K={K}, n={n}, d={d}, lambda={lams[0]:g}; baseline limit {time_limit:g} s each")
+    print(f"{'case':>24} {'ours wall/cpu':>16} {'ours gap':>9} {'baseline wall/cpu':>19} {'base gap':>9} {'ratio wall':>11}")
+    solve(K, 2, d, *lams, seed=seed)  # warm-up
+    for loss, kw, sizes in cases:
+        balanced = len(set(sizes)) == 1
+        best = None
+        for _ in range(repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            r = solve(K, sizes[0] if balanced else sizes, d, *lams, seed=seed, loss=loss, tol=1e-9, **kw)
+            t, c = time.perf_counter() - t0, time.process_time() - c0
+            best = (t, c, r) if best is None or t < best[0] else best
+        to, co, r = best
+        f_star = closed_form(K, sizes[0], *lams, loss=loss, **kw).value if balanced else r.value
+        tb, cb, gb, ib = baseline_lbfgs_loss(K, sizes, d, lams, seed, f_star, time_limit, loss, kw)
+        name = f"{loss}{'' if balanced else ' (5 x n, 5 x n/10)'}"
+        ge = ">=" if gb > TARGET else "  "
+        print(f"{name:>24} {to:>7.3f} /{co:>7.3f} {r.value - f_star:>9.1e} {tb:>8.1f} /{cb:>8.1f} {gb:>9.1e} "
+              f"{ge}{tb / to:>7.0f}x", flush=True)
+
+
 def ours(K, n, d, lams, seed, f_star):
     t0, c0 = time.perf_counter(), time.process_time()
     r = solve(K, n, d, *lams, optimizer="lbfgs", seed=seed, tol=1e-9)
@@ -77,9 +142,15 @@ def main():
     ap.add_argument("--time-limit", type=float, default=120.0, help="per baseline run, seconds")
     ap.add_argument("--n-ours-only", type=int, nargs="*", default=[1000, 5000],
                     help="extra sizes timed for ours only (the baseline would take minutes)")
+    ap.add_argument("--losses", action="store_true", help="only the per-loss / imbalanced comparison")
+    ap.add_argument("--loss-n", type=int, default=5000)
+    ap.add_argument("--loss-time-limit", type=float, default=240.0)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.losses:
+        bench_losses(args.K, args.loss_n, args.d, (args.lam,) * 3, args.seed, args.loss_time_limit)
+        return
     K, d, lams = args.K, args.d, (args.lam,) * 3
     print(f"UFM K={K}, d={d}, lambda_W=lambda_H=lambda_b={args.lam}, float64, torch {torch.__version__}, "
           f"threads={torch.get_num_threads()}; target f - f* <= {TARGET:g}")
