@@ -314,12 +314,14 @@ class Table:
         import html
         num = [bool(self.rows) and all(self._numeric(r[j]) for r in self.rows) for j in range(len(self.columns))]
         def cell(tag, v, j):
-            style = ' style="text-align:right"' if num[j] else ""
+            # numbers right-aligned; no line breaks inside a cell except in the first column (names)
+            css = (["text-align:right"] if num[j] else []) + (["white-space:nowrap"] if j > 0 and tag == "td" else [])
+            style = f' style="{";".join(css)}"' if css else ""
             return f"<{tag}{style}>{html.escape(v)}</{tag}>"
         head = "".join(cell("th", c, j) for j, c in enumerate(self.columns))
         body = "".join("<tr>" + "".join(cell("td", v, j) for j, v in enumerate(r)) + "</tr>" for r in self.rows)
         cap = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
-        return (f'<div class="nclib-table" style="overflow-x:auto"><table class="table">{cap}'
+        return (f'<div class="nclib-table" style="overflow-x:auto"><table class="table" style="font-size:0.9em">{cap}'
                 f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
     def __repr__(self) -> str:

@@ -1,11 +1,27 @@
 """How many CPU threads torch uses, chosen in one place.
 
-Measured on the project's 2-core machine (README, "Threads"): the book's workloads are many
-small tensor operations (the UFM solvers, the digits MLP, small ResNets at batch 64), where a
-second thread buys little and, on a machine that runs anything else, costs a lot: a 60-epoch
-digits training took 14.7 s with one thread and 155 s with two on a loaded machine
-(oversubscription).  So the default is one thread; ``$NCLIB_THREADS`` overrides it
-(e.g. on an idle many-core workstation).  On a GPU the CPU thread count barely matters.
+Every chapter calls :func:`configure` once, right after its imports; the batch runner's workers
+pin their own count.  The default is one thread; ``$NCLIB_THREADS`` overrides it (e.g. on an
+idle many-core workstation).  On a GPU the CPU thread count barely matters.
+
+Why one: the book's workloads are many small tensor operations (the UFM solvers, the digits MLP,
+small ResNets at batch 64), where a second thread buys little and, on a machine that runs
+anything else, costs a lot (oversubscription: threads spin waiting for a core).  Measured on the
+project's 2-core machine while both cores were busy with other training runs (load average about
+6; every command under ``nice -n 15``), executing the whole ``neural_collapse`` chapter with
+papermill (600 epochs of the digits MLP, the chapter's default):
+
+=================  ==========  ==============================
+NCLIB_THREADS      wall time   CPU time (user)
+=================  ==========  ==============================
+1                  42 s        39 s (training: 33 s wall)
+2                  843 s       435 s
+=================  ==========  ==============================
+
+Twenty times slower with two threads on a loaded machine (an earlier measurement of a 60-epoch
+training: 14.7 s with one thread, 155 s with two).  The one-thread run did not compete with other
+work of ours; the two-thread run overlapped with other chapters we executed, so part of its
+slowdown is that load, which is the point: a book build shares the machine.
 """
 from __future__ import annotations
 

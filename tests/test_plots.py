@@ -83,7 +83,7 @@ def test_html_table():
     t = plots.html_table([["a<b", "1.5"], ["c", "2e-3"]], ["name", "value"], caption="cap")
     h = t._repr_html_()
     assert "<th>name</th>" in h and '<th style="text-align:right">value</th>' in h
-    assert "<td>a&lt;b</td>" in h and '<td style="text-align:right">2e-3</td>' in h
+    assert "<td>a&lt;b</td>" in h and '<td style="text-align:right;white-space:nowrap">2e-3</td>' in h
     assert "<caption>cap</caption>" in h and "overflow-x:auto" in h
     assert repr(t).splitlines() == ["cap", "name  value", " a<b    1.5", "   c   2e-3"]
     with pytest.raises(ValueError, match="1 cells for 2 columns"):
