@@ -3,11 +3,7 @@
 Shapes: features are rows, ``H`` is (N, d), ``y`` is (N,) integer labels in ``[0, K)``,
 ``W`` is (K, d), ``b`` is (K,).  The paper writes H as d x N.  Inputs may be numpy
 arrays or torch tensors on any device (Apple ``mps``, which has no float64, is moved to
-the CPU).  Every statistic is accumulated and every metric is formed in float64.  The only
-O(N d) products done in the input's precision are those of exactly centred residuals
-(``h - c`` with ``c`` a nearby feature or class mean), whose rounding error is relative
-to the residual, not to the feature, so that float32 features near collapse give NC1
-to about 1e-6 relative accuracy without an N x d float64 copy (tested down to NC1 ~ 1e-14).
+the CPU); float16 and bfloat16 features are widened to float32 (exactly).
 
 Definitions (Zhu et al., Section 4, the book's default convention):
 
@@ -20,25 +16,67 @@ Definitions (Zhu et al., Section 4, the book's default convention):
   ``Hbar = [mu_1 - h_G, ..., mu_K - h_G]`` (d x K)                           (eq. 9)
 * ``NC4 = || b + W h_G ||_2``                                                (eq. 10)
 
-How NC1 is computed (and why the anchors' value is wrong at small NC1): ``Sigma_B`` has
-rank at most K-1.  Its pseudo-inverse is taken on its top ``K-1`` eigendirections only,
-found from the K x K Gram of the centred class means (never a d x d pinv, whose default
-cutoff keeps noise directions and floors NC1 near 5e-5 in float32).  With
-``C = [mu_k - h_G]_k`` (K x d), ``C C^T = V diag(lam) V^T`` and ``A = C^T V_r diag(1/lam_r)``
-(d x r), one has ``NC1 = (1/N) ||R A||_F^2`` where ``R`` holds the within-class residuals
-``h_i - mu_{y_i}`` as rows.  No d x d matrix is formed by the in-memory functions.
+How NC1 is computed.  ``Sigma_B`` has rank at most K-1 and lives on the span ``D`` of the
+differences of the class means.  Two passes over H (never a d x d matrix, never an N x d
+float64 copy):
+
+1. class sums in float64 (each chunk widened to float64, then summed per class);
+2. per chunk, the residuals ``t_i = h_i - mu~_{y_i}`` against the class means rounded to the
+   features' dtype (``mu~``), then ``Z = t Q`` with ``Q`` (d x q, q <= K-1) an orthonormal basis
+   of ``D``, and, for :func:`nc_metrics`, ``t W^T`` (the logits less a per-class constant).
+   Only ``Z^T Z`` and the class sums of ``Z`` (float64, q x q and K x q) are kept: the
+   within-class scatter of ``Z`` is ``Q^T (N Sigma_W) Q`` whatever ``mu~`` is, and
+   ``NC1 = tr((Q^T Sigma_W Q)(Q^T Sigma_B Q)^+) / K``.
+
+The work is one read of H plus one N x d x K scatter-add (pass 1) and one read of H plus one
+N x d x (2K-1) product (pass 2).  Precision: a difference ``h - mu~`` of two numbers of the
+features' dtype is exact or rounded relative to the difference itself (Sterbenz), so the
+products of pass 2, done in float32 for float32 features, carry an error relative to the
+within-class spread, not to ``||h||``: NC1 of float32 features keeps its relative accuracy
+(about 1e-6 or better) down to NC1 ~ 1e-14, where an O(N d^2) float32 scatter gives noise.
+Float64 features are processed in float64 throughout.
+
+Scale.  NC1, NC2 and NC3 are scale-invariant; the implementation normalises by powers of
+two (exact) so that features at any finite scale (tested 1e-300 .. 1e300) give the same
+values: pass 1 is redone on rescaled chunks if a float64 sum overflows, and pass 2 works on
+rescaled chunks when the class means are outside ``[2^-60, 2^60]``.
+
+The Sigma_B rank cutoff.  ``Sigma_B^+`` is taken on the eigendirections of ``Sigma_B`` whose
+eigenvalue is at least ``1e-12`` times the largest (``_EIG_RTOL``; at most ``min(K-1, d)``
+of them).  Eq. (7) writes the Moore-Penrose pseudo-inverse, i.e. every nonzero eigenvalue:
+on exactly represented class means eq. (7)'s value is what ``numpy.linalg.pinv`` /
+``scipy.linalg.pinv`` give, whose cutoff is ``max(d, K) * eps * lambda_max`` (about 1e-13 of
+the largest for d = 512 in float64).  The two agree unless the class means span a direction
+with ``lambda < 1e-12 lambda_max``, i.e. a class-mean spread below ``1e-6`` of the largest.
+There they differ enormously: K = 3, d = 4, means ``(+-1, s)``, ``(0, -2s)`` (s = 5e-7), unit
+within-class noise 0.1: eq. (7) with the exact pseudo-inverse gives 6.6e9 (the noise along
+the tiny direction divided by ``2 s^2``), this module 5.0e-3 (that direction treated as
+absent).  We keep the cutoff on purpose: a between-class direction that small is below the
+float32 resolution of the features that produced the means, and with it NC1 would measure
+rounding, not collapse.  ``tests/test_metrics.py`` checks both sides of the edge.
+
+Why the authors' float32 NC1 has a floor (checked in ``benchmarks/bench_metrics.py``, noise
+sweep): their ``validate_NC.py`` adds the features of a class into its mean one sample at a
+time in float32, so each class mean is off by about 1e-7 relative (7e-7 to 1e-5 in absolute
+terms on unit-scale features), and ``Sigma_W`` formed with those means gains ``sum_k (n_k/N)
+e_k e_k^T``: NC1 stops following the noise once the noise is below that error.  Their
+``scipy.linalg.pinv`` (default cutoff since scipy 1.3) keeps rank K-1 at every noise level we
+tried: the pseudo-inverse is not the cause.
 
 Other conventions, as options (see :func:`nc1` and :func:`nc_metrics`):
 
 * ``convention="papyan"`` (Papyan, Han & Donoho 2020): ``tr(Sigma_W Sigma_B^+)`` without
   the 1/K and with the unweighted global mean ``(1/K) sum_k mu_k``;
-* :func:`equinorm` (std/mean of norms) and :func:`equiangularity`
-  (mean over pairs of ``|cos + 1/(K-1)|``), Papyan et al.'s two halves of NC2;
+* :func:`equinorm` (std/mean of norms, unbiased std as in Papyan et al.'s code) and
+  :func:`equiangularity` (mean over pairs of ``|cos + 1/(K-1)|``), Papyan et al.'s two halves
+  of NC2; on the H side both use the class means centred on the unweighted mean of the class
+  means, as Papyan et al. do;
 * :func:`ncc_mismatch`: the fraction of samples on which the linear classifier and the
   nearest-class-centre rule disagree (Papyan et al.'s NC4).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -59,7 +97,11 @@ __all__ = [
 ]
 
 _CONVENTIONS = ("zhu", "papyan")
-_EIG_RTOL = 1e-12  # eigenvalues of the class-mean Gram below rtol * max are treated as zero
+_EIG_RTOL = 1e-12  # eigenvalues of Sigma_B below rtol * max are treated as zero (see module doc)
+_SPAN_RTOL = 1e-15  # basis Q of the class-mean span keeps directions above this (a superset)
+_CHUNK = 512  # rows per chunk: a float32 chunk of d = 512 is 1 MiB (one L2 cache)
+_SAFE = 2.0 ** 60  # pass 2 runs on unscaled features when the means' scale is in [1/_SAFE, _SAFE]
+_MAX_LABEL = 2 ** 53
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -70,11 +112,16 @@ def _device_for(x: torch.Tensor) -> torch.device:
 def _as_tensor(x, name: str) -> torch.Tensor:
     """A numpy array or torch tensor as a detached torch tensor (no copy where possible)."""
     if isinstance(x, torch.Tensor):
-        return x.detach()
-    try:
-        return torch.as_tensor(np.asarray(x))
-    except Exception as exc:  # pragma: no cover - exotic inputs
-        raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}") from exc
+        t = x.detach()
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(x))
+        except Exception as exc:
+            raise ValueError(f"{name} must be a numpy array or torch tensor of real numbers, "
+                             f"got {type(x).__name__}") from exc
+    if t.dtype.is_complex:
+        raise ValueError(f"{name} must be real, got dtype {t.dtype}")
+    return t
 
 
 def _check_finite(t: torch.Tensor, name: str) -> None:
@@ -84,7 +131,7 @@ def _check_finite(t: torch.Tensor, name: str) -> None:
 
 
 def _f64(x, name: str, device=None) -> torch.Tensor:
-    """Any array-like -> float64 torch tensor (no copy when already float64 on the device)."""
+    """Any real array-like -> float64 torch tensor (no copy when already float64 on the device)."""
     t = _as_tensor(x, name)
     t = t.to(device=_device_for(t) if device is None else device, dtype=torch.float64)
     _check_finite(t, name)
@@ -92,56 +139,61 @@ def _f64(x, name: str, device=None) -> torch.Tensor:
 
 
 def _labels(y, N: int, device) -> torch.Tensor:
-    t = y.detach() if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
+    t = _as_tensor(y, "y")
     if t.ndim != 1:
         raise ValueError(f"y must be 1-D with shape (N,), got shape {tuple(t.shape)}")
     if t.shape[0] != N:
         raise ValueError(f"y has {t.shape[0]} labels but H has {N} rows")
-    if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
-        if t.dtype.is_floating_point and torch.all(t == torch.round(t)):
-            t = t.long()
-        else:
-            raise ValueError(f"y must hold integer class labels, got dtype {t.dtype}")
+    if t.dtype == torch.bool:
+        raise ValueError("y must hold integer class labels, got dtype torch.bool")
+    if N and t.dtype.is_floating_point:
+        t64 = t.to(torch.float64)
+        bad = ~torch.isfinite(t64) | (t64 != torch.round(t64))
+        if bool(bad.any()):
+            raise ValueError(f"y must hold integer class labels, found {float(t64[bad][0])!r}")
+        lo, hi = float(t64.min()), float(t64.max())
+        for v in (lo, hi):
+            if not 0 <= v < _MAX_LABEL:
+                raise ValueError(f"label {v:g} is not a class index: labels must be integers in [0, 2**53)")
     t = t.to(device=device, dtype=torch.long)
-    if N and t.min() < 0:
+    if N and int(t.min()) < 0:
         raise ValueError(f"labels must be >= 0, found {int(t.min())}")
     return t
 
 
 def _features(H, name="H", device=None) -> torch.Tensor:
-    """Validated (N, d) features as a torch tensor in their own float dtype (no full copy).
-
-    The in-memory metrics read them chunk by chunk (:func:`_chunks`) and never make an N x d
-    float64 copy (see :func:`_class_stats` and :func:`_second_pass` for the precision); the
-    streaming accumulator converts each batch to float64.
-    """
+    """Validated (N, d) real features as a torch tensor in float32 or float64 (no full copy
+    except to widen float16/bfloat16 or integers).  Finiteness is checked by pass 1."""
     t = _as_tensor(H, name)
-    if not t.dtype.is_floating_point or t.dtype in (torch.float16, torch.bfloat16):
-        t = t.to(torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else torch.float64)
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.to(torch.float32)
+    elif t.dtype not in (torch.float32, torch.float64):
+        t = t.to(torch.float64)
     t = t.to(device=_device_for(t) if device is None else device)
     if t.ndim != 2:
         raise ValueError(f"{name} must be 2-D with features as rows, shape (N, d); got shape {tuple(t.shape)}")
     if t.shape[0] == 0:
         raise ValueError(f"{name} has no rows")
-    _check_finite(t, name)
     return t
 
 
-_CHUNK = 4096  # rows processed at a time by the in-memory metrics
-
-
-def _chunks(H: torch.Tensor):
-    for start in range(0, H.shape[0], _CHUNK):
-        yield start, H[start:start + _CHUNK]
-
-
 def _num_classes(y: torch.Tensor, num_classes) -> int:
-    K = int(y.max()) + 1 if num_classes is None else int(num_classes)
+    top = int(y.max())
+    K = top + 1 if num_classes is None else int(num_classes)
     if K < 2:
         raise ValueError(f"need K >= 2 classes, got K={K}")
-    if int(y.max()) >= K:
-        raise ValueError(f"label {int(y.max())} is out of range for K={K} classes")
+    if top >= K:
+        raise ValueError(f"label {top} is out of range for K={K} classes")
     return K
+
+
+def _check_counts(counts: torch.Tensor, K: int) -> None:
+    empty = torch.nonzero(counts == 0).flatten()
+    if empty.numel():
+        shown = ", ".join(str(int(k)) for k in empty[:5])
+        more = f", ... ({empty.numel():,} of K={K:,})" if empty.numel() > 5 else f" (K={K:,})"
+        raise ValueError(f"class(es) {shown}{more} have no samples; every class needs at least one "
+                         f"(K is the largest label + 1 unless given)")
 
 
 def _classifier(W, d: int | None, device, K: int | None = None) -> torch.Tensor:
@@ -164,72 +216,200 @@ def _bias(b, K: int, device) -> torch.Tensor:
     return bt
 
 
-# ----------------------------------------------------------------------------- core pieces
-def _class_stats(H: torch.Tensor, y: torch.Tensor, K: int):
-    """Counts (K,) and float64 class means (K, d), accumulated chunk by chunk.
+# ----------------------------------------------------------------------------- scale helpers
+def _pow2(x: float) -> float:
+    """The power of two 2^-e with x * 2^-e in [0.5, 1) (1.0 for x = 0 or non-finite)."""
+    if x == 0 or not math.isfinite(x):
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(x)[1])
 
-    Each class is summed around a shift ``c_k`` (its first sample), so the sums are of
-    residuals ``h - c_k``: in the features' own precision their rounding error is relative
-    to the (small, near collapse) within-class spread, not to ``||h||``.  The partial sums
-    are accumulated in float64 and ``mu_k = c_k + sum_k / n_k`` is formed in float64.
+
+def _amax(t: torch.Tensor) -> float:
+    return float(t.abs().max()) if t.numel() else 0.0
+
+
+def _safe_norm(v: torch.Tensor) -> float:
+    """Euclidean / Frobenius norm without overflow or underflow of the squares."""
+    m = _amax(v)
+    if m == 0 or not math.isfinite(m):
+        return m
+    s = _pow2(m)
+    return float(torch.linalg.norm(v * s)) / s
+
+
+# ----------------------------------------------------------------------------- feature sources
+class _Source:
+    """Features read chunk by chunk: one in-memory H, or the batches an NCAccumulator kept.
+
+    ``scale`` (a power of two, set by pass 1) multiplies every chunk in pass 2.
     """
-    counts = torch.bincount(y, minlength=K).to(torch.float64)
-    empty = torch.nonzero(counts == 0).flatten().tolist()
-    if empty:
-        raise ValueError(f"class(es) {empty} have no samples (K={K}); every class needs at least one")
-    N = H.shape[0]
-    first = torch.full((K,), N, dtype=torch.long, device=H.device)
-    first.scatter_reduce_(0, y, torch.arange(N, device=H.device), reduce="amin")
-    shift = H[first]
-    sums = torch.zeros(K, H.shape[1], dtype=torch.float64, device=H.device)
-    for start, Hc in _chunks(H):
-        yc = y[start:start + Hc.shape[0]]
-        onehot = torch.nn.functional.one_hot(yc, K).to(H.dtype)
-        sums += (onehot.T @ (Hc - shift[yc])).to(torch.float64)
-    return counts, shift.to(torch.float64) + sums / counts[:, None]
+
+    def __init__(self, Hs, ys, preds=None):
+        self.Hs, self.ys, self.preds = list(Hs), list(ys), preds
+        self.dtype = torch.float64 if any(h.dtype == torch.float64 for h in self.Hs) else torch.float32
+        self.N = sum(h.shape[0] for h in self.Hs)
+        self.d = self.Hs[0].shape[1]
+        self.device = self.Hs[0].device
+        self.y = self.ys[0] if len(self.ys) == 1 else torch.cat(self.ys)
+        self.scale = 1.0
+
+    def blocks(self, with_pred=False):
+        for i, (Hb, yb) in enumerate(zip(self.Hs, self.ys)):
+            for start in range(0, Hb.shape[0], _CHUNK):
+                sl = slice(start, start + _CHUNK)
+                yield Hb[sl], yb[sl], (self.preds[i][sl] if with_pred else None)
 
 
-def _second_pass(H, y, K, means, As=(), W=None, b=None):
-    """One pass over H: squared projected residuals per projector, correct and NCC-mismatch counts.
+# ----------------------------------------------------------------------------- pass 1
+def _class_sums(src: _Source, K: int, scale: float) -> torch.Tensor:
+    """Float64 class sums (K, d) of ``scale * h``.
 
-    The residuals ``r_i = h_i - mu_{y_i}`` are formed in the features' precision against the
-    means rounded to it (``mu~``); a subtraction of nearby numbers is exact in floating point
-    (Sterbenz), so ``r`` carries an error relative to ``||r||``, not to ``||h||``.  The
-    products ``r A`` (d x r, r ~ 2K) are taken in that precision, converted to float64, and
-    corrected by ``(mu - mu~) A``; squares and sums are float64.  For float64 input every step
-    is float64.  No N x d float64 copy and no d x d matrix is formed.
+    Unscaled float32 features are summed per chunk in float32 (about 50 rows per class per
+    chunk, so a chunk sum is good to about 1e-6 relative) and the chunk sums in float64:
+    these means only need to be close (pass 2 measures the residuals against them and
+    returns the exact correction).  Scaled or float64 features are summed in float64.
     """
-    wd = H.dtype
-    widths = [A.shape[1] for A in As]
-    r = sum(widths)
-    means_w = means.to(wd)
-    sq = torch.zeros(r, dtype=torch.float64, device=H.device)
-    if r:
-        A64 = torch.cat(list(As), 1)
-        Aw = A64.to(wd)
-        corr = (means - means_w.to(torch.float64)) @ A64  # K x r, rounding of the means
-    if W is not None:
-        S64 = torch.cat([W, means]).T  # d x 2K: logits and nearest-class-centre scores
-        Sw = S64.to(wd)
-        msq = means.pow(2).sum(1)
+    sums = torch.zeros(K, src.d, dtype=torch.float64, device=src.device)
+    low = src.dtype == torch.float32 and scale == 1.0
+    part = torch.zeros(K, src.d, dtype=torch.float32, device=src.device) if low else None
+    for Hc, yc, _ in src.blocks():
+        if low and Hc.dtype == torch.float32:
+            part.zero_().index_add_(0, yc, Hc)
+            sums += part
+            continue
+        X = Hc.to(torch.float64)
+        if scale != 1.0:
+            X = X * scale
+        sums.index_add_(0, yc, X)
+    return sums
+
+
+def _means_pass(src: _Source, K: int, counts: torch.Tensor, name="H") -> torch.Tensor:
+    """Pass 1: float64 class means of ``src.scale * h``; sets ``src.scale``.
+
+    A sum that is not finite means NaN/inf in H (raised here, so that no separate pass checks
+    finiteness) or an overflow of float64 features near 1e308 (redone on rescaled chunks).
+    Then the scale is set so that the means lie in [2^-60, 2^60] when they do not already
+    (for float32 features: only then, since pass 2 is in float64 when rescaled).
+    """
+    sums = _class_sums(src, K, 1.0)
+    scale = 1.0
+    if not bool(torch.isfinite(sums).all()):
+        big = 0.0
+        for Hc, _, _ in src.blocks():
+            if not bool(torch.isfinite(Hc).all()):
+                raise ValueError(f"{name} contains NaN or inf")
+            big = max(big, _amax(Hc))
+        scale = _pow2(big)
+        sums = _class_sums(src, K, scale)
+    means = sums / counts[:, None]
+    m = _amax(means)
+    if m and not (1.0 / _SAFE <= m <= _SAFE):
+        f = _pow2(m)
+        means, scale = means * f, scale * f
+    src.scale = scale
+    return means
+
+
+# ----------------------------------------------------------------------------- the span of the means
+def _span_basis(C: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis Q (d x q) of the row span of C (K x d, centred means), q <= K-1."""
+    a = _amax(C)
+    if a == 0:
+        raise ValueError("the class means coincide (Sigma_B = 0): NC1 is undefined")
+    Cn = C / a
+    lam, V = torch.linalg.eigh(Cn @ Cn.T)
+    keep = lam > _SPAN_RTOL * lam[-1]
+    Q = Cn.T @ (V[:, keep] / lam[keep].sqrt())
+    return torch.linalg.qr(Q).Q
+
+
+def _nc1_value(SWq: torch.Tensor, CQ: torch.Tensor, K: int, rank: int) -> float:
+    """``tr(Sigma_W Sigma_B^+) / K`` in the coordinates of Q: ``SWq`` = Q^T Sigma_W Q,
+    ``CQ`` = C Q (K x q); Sigma_B^+ on the top ``rank`` eigendirections whose eigenvalue is
+    at least ``_EIG_RTOL`` times the largest (the cutoff discussed in the module docstring)."""
+    a = _amax(CQ)
+    if a == 0:
+        raise ValueError("the class means coincide (Sigma_B = 0): NC1 is undefined")
+    f = _pow2(a)
+    lam, V = torch.linalg.eigh((CQ * f).T @ (CQ * f) / K)
+    lam, V = lam.flip(0)[:rank], V.flip(1)[:, :rank]
+    keep = lam >= _EIG_RTOL * lam[0]
+    lam, V = lam[keep], V[:, keep]
+    return float(((V.T @ (SWq * f * f) @ V).diagonal() / lam).sum() / K)
+
+
+# ----------------------------------------------------------------------------- pass 2
+def _residual_pass(src: _Source, K, means, Q, Wn=None, bn=None, want_ncc=False, force64=False):
+    """Pass 2 (module docstring): ``Z = (s h - mu~_y) [Q | Wn^T]`` chunk by chunk.
+
+    ``means`` are pass 1's (scaled) class means, ``mu~`` those rounded to the work dtype.
+    Returns ``mu~`` (float64), ``Q^T (N Sigma_W) Q`` (scaled units), the class sums of ``Z``
+    (K x p: they turn ``mu~`` into the exact means in the coordinates that are needed), the
+    number of samples the classifier gets right (``Wn``, ``bn``: the classifier times a power
+    of two, whose logits are those of ``mu~`` plus those of the residual) and the number on
+    which it disagrees with the nearest class centre (``want_ncc``; the classifier's
+    decisions are ``src.preds`` when the batches came with logits).
+    """
+    wd = torch.float32 if src.dtype == torch.float32 and src.scale == 1.0 and not force64 else torch.float64
+    dev, d, q = means.device, means.shape[1], Q.shape[1]
+    Pt = (Q if Wn is None else torch.cat([Q, Wn.T], 1)).T.contiguous().to(wd)  # p x d
+    m_w = means.to(wd)
+    m64 = m_w.to(torch.float64)
+    p = Pt.shape[0]
+    if Wn is not None:
+        L0 = m64 @ Wn.T + bn  # K x K: (scaled) logits of the rounded means
+    if want_ncc:
+        E2 = 2.0 * ((means - means[:1]) @ Q).T  # q x K: 2 (mu_k - mu_0) in Q coordinates
+        D2 = torch.cdist(m64, means).pow(2)  # ||mu~_j - mu_k||^2
+    use_pred = src.preds is not None and all(pr is not None for pr in src.preds)
+    # the loop only forms residuals and their products; everything per sample is done after it
+    Zt = torch.empty(p, src.N, dtype=wd, device=dev)  # p x N: the fast layout for this product
+    buf = torch.empty(_CHUNK, d, dtype=wd, device=dev)
+    row = 0
+    for Hc, yc, _ in src.blocks():
+        c = Hc.shape[0]
+        T = buf[:c] if c <= _CHUNK else torch.empty(c, d, dtype=wd, device=dev)
+        torch.index_select(m_w, 0, yc, out=T)
+        X = Hc if Hc.dtype == wd else Hc.to(wd)
+        if src.scale != 1.0:
+            X = X * src.scale
+        torch.sub(X, T, out=T)  # exact residuals (Sterbenz) against the rounded means
+        Zt[:, row:row + c] = Pt @ T.T
+        row += c
+    if wd == torch.float32 and not bool(torch.isfinite(Zt).all()):  # float32 overflow: redo in float64
+        return _residual_pass(src, K, means, Q, Wn, bn, want_ncc, force64=True)
+    y = src.y
+    Zd = Zt.to(torch.float64)
+    G = Zd[:q] @ Zd[:q].T
+    zsum = torch.zeros(p, K, dtype=torch.float64, device=dev).index_add_(1, y, Zd).T
     correct = mismatch = 0
-    for start, Hc in _chunks(H):
-        yc = y[start:start + Hc.shape[0]]
-        if r:
-            P = ((Hc - means_w[yc]) @ Aw).to(torch.float64) - corr[yc]
-            sq += P.pow(2).sum(0)
-        if W is not None:
-            Q = (Hc @ Sw).to(torch.float64)
-            net = (Q[:, :K] + b).argmax(1)
-            ncc = (msq - 2.0 * Q[:, K:]).argmin(1)
-            correct += int((net == yc).sum())
-            mismatch += int((net != ncc).sum())
-    N = H.shape[0]
-    out, start = [], 0
-    for w in widths:
-        out.append(float(sq[start:start + w].sum() / N))
-        start += w
-    return out, correct / N, mismatch / N
+    net = None
+    if use_pred:
+        net = torch.cat(src.preds)
+    elif Wn is not None:
+        net = L0[y].add_(Zd[q:].T).argmax(1)  # (N, K) contiguous: a fast argmax
+        correct = int((net == y).sum())
+    if want_ncc and net is not None:
+        score = torch.addmm(D2[y], Zd[:q].T, E2, alpha=-1.0)
+        mismatch = int((net != score.argmin(1)).sum())
+    counts = torch.bincount(y, minlength=K).to(torch.float64)
+    SW = G - (zsum[:, :q] / counts[:, None]).T @ zsum[:, :q]
+    return m64, SW, zsum, correct, mismatch
+
+
+def _refine_means(src: _Source, K, means, counts):
+    """Exact class means in d dimensions: the rounded means plus the class means of the
+    residuals (used by :func:`class_means` and :func:`nc3`)."""
+    wd = torch.float32 if src.dtype == torch.float32 and src.scale == 1.0 else torch.float64
+    m_w = means.to(wd)
+    rsum = torch.zeros_like(m_w)
+    for Hc, yc, _ in src.blocks():
+        X = Hc if Hc.dtype == wd else Hc.to(wd)
+        if src.scale != 1.0:
+            X = X * src.scale
+        rsum.index_add_(0, yc, X - m_w[yc])
+    return m_w.to(torch.float64) + rsum.to(torch.float64) / counts[:, None]
 
 
 def _global_mean(means: torch.Tensor, counts: torch.Tensor, convention: str) -> torch.Tensor:
@@ -238,32 +418,64 @@ def _global_mean(means: torch.Tensor, counts: torch.Tensor, convention: str) -> 
     return means.mean(0)
 
 
-def _nc1_projector(C: torch.Tensor, rank: int) -> torch.Tensor:
-    """``A = C^T V_r diag(1/lam_r)`` (d x r) from the Gram of the centred means ``C`` (K x d).
-
-    Then ``tr(Sigma_W Sigma_B^+) / K = (1/N) ||R A||_F^2`` for ``Sigma_B = C^T C / K``
-    restricted to its top ``rank`` eigendirections.
-    """
-    G = C @ C.T
-    lam, V = torch.linalg.eigh(G)  # ascending
-    lam, V = lam.flip(0)[:rank], V.flip(1)[:, :rank]
-    keep = lam > _EIG_RTOL * lam[0].clamp_min(torch.finfo(lam.dtype).tiny)
-    if not bool(keep.any()):
-        raise ValueError("the class means coincide (Sigma_B = 0): NC1 is undefined")
-    lam, V = lam[keep], V[:, keep]
-    return C.T @ (V / lam)
-
-
 def _check_convention(convention):
     if convention not in _CONVENTIONS:
         raise ValueError(f"unknown NC1 convention {convention!r}; allowed: {_CONVENTIONS}")
 
 
-def _nc1_from(H, y, K, counts, means, conventions=("zhu",)) -> list:
-    """NC1 under each convention, sharing one pass over the features."""
-    As = [_nc1_projector(means - _global_mean(means, counts, c), min(K - 1, H.shape[1])) for c in conventions]
-    vals, _, _ = _second_pass(H, y, K, means, As)
-    return [v * K if c == "papyan" else v for c, v in zip(conventions, vals)]
+@dataclass
+class _Stats:
+    """What the metrics need from the features, in any orthonormal coordinates of the span
+    of the class means (``CQ``: centred means, Papyan's centring) and through the classifier
+    (``WC``: ``W (mu_k - h_G)`` as columns, ``WhG``: ``W h_G``, original units)."""
+
+    nc1: dict
+    CQ_pap: torch.Tensor
+    WC: torch.Tensor | None = None
+    WhG: torch.Tensor | None = None
+    accuracy: float | None = None
+    ncc: float | None = None
+
+
+def _nc1s(SWq, MQ, counts, K, rank) -> dict:
+    out = {}
+    for conv in _CONVENTIONS:
+        v = _nc1_value(SWq, MQ - _global_mean(MQ, counts, conv), K, rank)
+        out[conv] = v * K if conv == "papyan" else v
+    return out
+
+
+def _stats(src: _Source, K: int, *, W=None, b=None, want_ncc=False, name="H") -> _Stats:
+    """Both passes: NC1 (both conventions) and the class-mean summaries of :class:`_Stats`;
+    with ``W``, ``b``: the classifier's accuracy and (``want_ncc``) its NCC mismatch."""
+    counts = torch.bincount(src.y, minlength=K).to(torch.float64)
+    _check_counts(counts, K)
+    means = _means_pass(src, K, counts, name)
+    Q = _span_basis(means - means.mean(0))
+    Wn = bn = None
+    if W is not None:
+        fw = _pow2(_amax(W))
+        if fw == 1.0 and _amax(W) == 0:
+            raise ValueError("W is zero; NC2 and NC3 are undefined")
+        Wn, bn = W * fw, (src.scale * fw) * b  # logits * scale * fw: the same argmax
+    m64, SW, zsum, correct, mismatch = _residual_pass(src, K, means, Q, Wn, bn, want_ncc)
+    N, q = src.N, Q.shape[1]
+    MQ = m64 @ Q + zsum[:, :q] / counts[:, None]  # exact class means, Q coordinates
+    st = _Stats(_nc1s(SW / N, MQ, counts, K, min(K - 1, src.d)), MQ - MQ.mean(0))
+    if W is not None:
+        MW = m64 @ Wn.T + zsum[:, q:] / counts[:, None]  # row k: Wn mu_k (exact, scaled)
+        WhG = counts @ MW / N
+        st.WC = (MW - WhG).T
+        st.WhG = WhG / (fw * src.scale)
+        st.accuracy = correct / N  # (0 when the decisions came with the batches: the caller counts)
+        st.ncc = mismatch / N if want_ncc else None
+    return st
+
+
+def _stats_from_means(means, counts, nc1s, W) -> _Stats:
+    """:class:`_Stats` from exact class means in d dimensions (streaming mode)."""
+    hG = _global_mean(means, counts, "zhu")
+    return _Stats(nc1s, means - means.mean(0), W @ (means - hG).T, W @ hG)
 
 
 def _etf_target(K: int, like: torch.Tensor) -> torch.Tensor:
@@ -271,18 +483,42 @@ def _etf_target(K: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def _etf_distance(M: torch.Tensor) -> float:
+    """``|| M / ||M||_F - ETF ||_F`` for a K x K matrix (rescaled first: no overflow)."""
+    M = M * _pow2(_amax(M))
     nrm = torch.linalg.norm(M)
     if nrm == 0:
         raise ValueError("matrix is zero; its distance to a normalised simplex ETF is undefined")
     return float(torch.linalg.norm(M / nrm - _etf_target(M.shape[0], M)))
 
 
+def _gram(W: torch.Tensor) -> torch.Tensor:
+    Wn = W * _pow2(_amax(W))
+    return Wn @ Wn.T
+
+
+def _prepare(H, y, num_classes=None, W=None):
+    Ht = _features(H)
+    yt = _labels(y, Ht.shape[0], Ht.device)
+    Wt = None
+    if W is not None:
+        Wt = _classifier(W, Ht.shape[1], Ht.device)
+        num_classes = Wt.shape[0]
+    K = _num_classes(yt, num_classes)
+    return _Source([Ht], [yt]), K, Wt
+
+
+def _exact_means(src: _Source, K: int):
+    counts = torch.bincount(src.y, minlength=K).to(torch.float64)
+    _check_counts(counts, K)
+    means = _refine_means(src, K, _means_pass(src, K, counts), counts)
+    return counts, means / src.scale
+
+
 # ----------------------------------------------------------------------------- public API
 def class_means(H, y, num_classes: int | None = None):
     """Class counts (K,) and class means (K, d) in float64 as torch tensors (Section 4)."""
-    Ht = _features(H)
-    yt = _labels(y, Ht.shape[0], Ht.device)
-    return _class_stats(Ht, yt, _num_classes(yt, num_classes))
+    src, K, _ = _prepare(H, y, num_classes)
+    return _exact_means(src, K)
 
 
 def nc1(H, y, num_classes: int | None = None, *, convention: str = "zhu") -> float:
@@ -290,33 +526,27 @@ def nc1(H, y, num_classes: int | None = None, *, convention: str = "zhu") -> flo
 
     ``convention="zhu"`` (default) is eq. (7) of the paper: 1/K and the sample-weighted
     global mean.  ``convention="papyan"`` is Papyan et al.'s version: no 1/K, unweighted
-    global mean of the class means.  Sigma_B^+ is the pseudo-inverse on the top
-    ``min(K-1, d)`` eigendirections of Sigma_B (see the module docstring).
+    global mean of the class means.  Sigma_B^+ is the pseudo-inverse on the eigendirections
+    of Sigma_B above ``1e-12`` of the largest (at most ``min(K-1, d)``; see the module
+    docstring for how this differs from an exact Moore-Penrose inverse).  Scale-invariant
+    at any finite scale of ``H``.
     """
     _check_convention(convention)
-    Ht = _features(H)
-    yt = _labels(y, Ht.shape[0], Ht.device)
-    K = _num_classes(yt, num_classes)
-    counts, means = _class_stats(Ht, yt, K)
-    return _nc1_from(Ht, yt, K, counts, means, (convention,))[0]
+    src, K, _ = _prepare(H, y, num_classes)
+    return _stats(src, K).nc1[convention]
 
 
 def nc2(W) -> float:
     """Convergence of the classifier to a simplex ETF, eq. (8): ||WW^T/||WW^T||_F - ETF||_F."""
-    Wt = _classifier(W, None, None)
-    return _etf_distance(Wt @ Wt.T)
+    return _etf_distance(_gram(_classifier(W, None, None)))
 
 
 def nc3(W, H, y) -> float:
     """Self-duality, eq. (9): ||W Hbar/||W Hbar||_F - ETF||_F with Hbar the centred class means."""
-    Ht = _features(H)
-    yt = _labels(y, Ht.shape[0], Ht.device)
-    Wt = _classifier(W, Ht.shape[1], Ht.device)
-    K = Wt.shape[0]
-    _num_classes(yt, K)
-    counts, means = _class_stats(Ht, yt, K)
-    hG = _global_mean(means, counts, "zhu")
-    return _etf_distance(Wt @ (means - hG).T)
+    src, K, Wt = _prepare(H, y, W=W)
+    counts, means = _exact_means(src, K)
+    C = means - _global_mean(means, counts, "zhu")
+    return _etf_distance((Wt * _pow2(_amax(Wt))) @ (C * _pow2(_amax(C))).T)
 
 
 def nc4(W, b, H) -> float:
@@ -324,17 +554,23 @@ def nc4(W, b, H) -> float:
     Ht = _features(H)
     Wt = _classifier(W, Ht.shape[1], Ht.device)
     bt = _bias(b, Wt.shape[0], Ht.device)
-    hG = sum(Hc.to(torch.float64).sum(0) for _, Hc in _chunks(Ht)) / Ht.shape[0]
-    return float(torch.linalg.norm(bt + Wt @ hG))
+    src = _Source([Ht], [torch.zeros(Ht.shape[0], dtype=torch.long, device=Ht.device)])
+    hG = _exact_means(src, 1)[1][0]
+    return _safe_norm(bt + Wt @ hG)
 
 
 def equinorm(X) -> float:
     """Papyan et al.'s equinorm: std/mean of the row norms of X (class means or classifier rows).
 
-    Pass centred class means (``means - h_G``) or ``W``.  0 for a simplex ETF up to scale.
+    The standard deviation is the unbiased one (``torch.std``, divisor K-1), as in Papyan et
+    al.'s code.  Pass class means centred on the mean of the class means, or ``W``.  0 for a
+    simplex ETF up to scale.
     """
-    n = torch.linalg.norm(_f64(X, "X"), dim=1)
-    return float(n.std(unbiased=False) / n.mean())
+    Xt = _f64(X, "X")
+    if Xt.ndim != 2 or Xt.shape[0] < 2:
+        raise ValueError(f"X must be 2-D with K >= 2 rows, got shape {tuple(Xt.shape)}")
+    n = torch.linalg.norm(Xt * _pow2(_amax(Xt)), dim=1)
+    return float(n.std(unbiased=True) / n.mean())
 
 
 def equiangularity(X) -> float:
@@ -343,9 +579,10 @@ def equiangularity(X) -> float:
     0 exactly when the rows are equiangular at the simplex angle ``arccos(-1/(K-1))``.
     """
     Xt = _f64(X, "X")
+    if Xt.ndim != 2 or Xt.shape[0] < 2:
+        raise ValueError(f"X must be 2-D with K >= 2 rows, got shape {tuple(Xt.shape)}")
     K = Xt.shape[0]
-    if K < 2:
-        raise ValueError(f"need K >= 2 rows, got {K}")
+    Xt = Xt * _pow2(_amax(Xt))
     U = Xt / torch.linalg.norm(Xt, dim=1, keepdim=True)
     cos = U @ U.T
     off = ~torch.eye(K, dtype=torch.bool, device=cos.device)
@@ -358,14 +595,9 @@ def ncc_mismatch(W, b, H, y) -> float:
     Papyan et al.'s NC4 ("simplification to nearest class centre"); class centres are the
     class means of ``H`` under labels ``y``.
     """
-    Ht = _features(H)
-    yt = _labels(y, Ht.shape[0], Ht.device)
-    Wt = _classifier(W, Ht.shape[1], Ht.device)
-    bt = _bias(b, Wt.shape[0], Ht.device)
-    K = Wt.shape[0]
-    _num_classes(yt, K)
-    _, means = _class_stats(Ht, yt, K)
-    return _second_pass(Ht, yt, K, means, (), Wt, bt)[2]
+    src, K, Wt = _prepare(H, y, W=W)
+    bt = _bias(b, K, Wt.device)
+    return _stats(src, K, W=Wt, b=bt, want_ncc=True).ncc
 
 
 @dataclass
@@ -373,8 +605,9 @@ class NCMetrics:
     """NC1-NC4 (eqs. 7-10) and the train accuracy of the linear classifier.
 
     ``extras`` holds the other conventions: ``nc1_papyan``, ``equinorm_W``,
-    ``equinorm_H``, ``equiangularity_W``, ``equiangularity_H`` and ``ncc_mismatch``
-    (``None`` where the streaming accumulator cannot compute it).
+    ``equinorm_H``, ``equiangularity_W``, ``equiangularity_H`` (Papyan et al.'s: unbiased
+    std, class means centred on their unweighted mean) and ``ncc_mismatch`` (``None``
+    where the streaming accumulator cannot compute it).
     """
 
     nc1: float
@@ -391,22 +624,20 @@ class NCMetrics:
         return d
 
 
-def _assemble(H, y, W, b, K, counts, means, nc1_zhu, nc1_pap, correct, ncc) -> NCMetrics:
-    hG = _global_mean(means, counts, "zhu")
-    C = means - hG
+def _assemble(W, b, st: _Stats, accuracy) -> NCMetrics:
     return NCMetrics(
-        nc1=nc1_zhu,
-        nc2=_etf_distance(W @ W.T),
-        nc3=_etf_distance(W @ C.T),
-        nc4=float(torch.linalg.norm(b + W @ hG)),
-        accuracy=correct,
+        nc1=st.nc1["zhu"],
+        nc2=_etf_distance(_gram(W)),
+        nc3=_etf_distance(st.WC),
+        nc4=_safe_norm(b + st.WhG),
+        accuracy=accuracy,
         extras=dict(
-            nc1_papyan=nc1_pap,
+            nc1_papyan=st.nc1["papyan"],
             equinorm_W=equinorm(W),
-            equinorm_H=equinorm(C),
+            equinorm_H=equinorm(st.CQ_pap),
             equiangularity_W=equiangularity(W),
-            equiangularity_H=equiangularity(C),
-            ncc_mismatch=ncc,
+            equiangularity_H=equiangularity(st.CQ_pap),
+            ncc_mismatch=st.ncc,
         ),
     )
 
@@ -414,28 +645,70 @@ def _assemble(H, y, W, b, K, counts, means, nc1_zhu, nc1_pap, correct, ncc) -> N
 def nc_metrics(W, b, H, y) -> NCMetrics:
     """All of NC1-NC4 (eqs. 7-10), the classifier's accuracy on (H, y), and the extras.
 
-    One pass over ``H`` for the class means and one for the residuals; K is ``W.shape[0]``.
+    Two passes over ``H`` (module docstring); K is ``W.shape[0]``.
     """
-    Ht = _features(H)
-    yt = _labels(y, Ht.shape[0], Ht.device)
-    Wt = _classifier(W, Ht.shape[1], Ht.device)
-    K = Wt.shape[0]
-    _num_classes(yt, K)
-    bt = _bias(b, K, Ht.device)
-    counts, means = _class_stats(Ht, yt, K)
-    As = [_nc1_projector(means - _global_mean(means, counts, c), min(K - 1, Ht.shape[1])) for c in _CONVENTIONS]
-    (nc1_zhu, nc1_pap), acc, mismatch = _second_pass(Ht, yt, K, means, As, Wt, bt)
-    return _assemble(Ht, yt, Wt, bt, K, counts, means, nc1_zhu, nc1_pap * K, acc, mismatch)
+    src, K, Wt = _prepare(H, y, W=W)
+    bt = _bias(b, K, Wt.device)
+    st = _stats(src, K, W=Wt, b=bt, want_ncc=True)
+    return _assemble(Wt, bt, st, st.accuracy)
+
+
+class _Streaming:
+    """O(K d + d^2) statistics for data that does not fit in memory (d x d scatter).
+
+    Class counts and sums, and the within-class scatter accumulated around a per-class shift
+    (the mean of the first batch in which the class appears, so that nearly collapsed
+    features do not cancel catastrophically), all in float64, of the features times a power
+    of two fixed by the first batch (so that squares neither overflow nor underflow).
+    """
+
+    def __init__(self, K: int, d: int, device, first: torch.Tensor):
+        self.K, self.d = K, d
+        self.scale = _pow2(_amax(first))
+        z = dict(dtype=torch.float64, device=device)
+        self.counts = torch.zeros(K, **z)
+        self.sums = torch.zeros(K, d, **z)
+        self.shift = torch.zeros(K, d, **z)
+        self.seen = torch.zeros(K, dtype=torch.bool, device=device)
+        self.scatter = torch.zeros(d, d, **z)
+
+    def add(self, Ht: torch.Tensor, yt: torch.Tensor) -> None:
+        X = Ht.to(torch.float64) * self.scale
+        cnt = torch.bincount(yt, minlength=self.K).to(torch.float64)
+        s = torch.zeros(self.K, self.d, dtype=torch.float64, device=X.device).index_add_(0, yt, X)
+        new = (cnt > 0) & ~self.seen
+        if bool(new.any()):
+            self.shift[new] = s[new] / cnt[new, None]
+            self.seen |= new
+        R = X - self.shift[yt]
+        self.scatter.addmm_(R.T, R)
+        self.counts += cnt
+        self.sums += s
+
+    def stats(self, W: torch.Tensor) -> _Stats:
+        _check_counts(self.counts, self.K)
+        N = float(self.counts.sum())
+        means = self.sums / self.counts[:, None]
+        dm = means - self.shift
+        # N Sigma_W = sum_i (h_i - s_y)(h_i - s_y)^T - sum_k n_k (mu_k - s_k)(mu_k - s_k)^T
+        SW = self.scatter - (dm * self.counts[:, None]).T @ dm
+        Q = _span_basis(means - means.mean(0))
+        SWq = Q.T @ SW @ Q / N
+        nc1s = _nc1s(SWq, means @ Q, self.counts, self.K, min(self.K - 1, self.d))
+        return _stats_from_means(means / self.scale, self.counts, nc1s, W)
 
 
 class NCAccumulator:
-    """Streaming NC metrics: feed features batch by batch, get :func:`nc_metrics`' numbers.
+    """NC metrics of features fed batch by batch: :func:`nc_metrics`' numbers.
 
-    Keeps, in float64 on the features' device: class counts (K,), class sums (K, d), one
-    d x d within-class scatter accumulated around a per-class shift (the mean of the
-    first batch in which the class appears, so that nearly collapsed features do not
-    cancel catastrophically) and the number of correct predictions.  Memory: O(K d + d^2), independent of N.  ``ncc_mismatch`` needs the final class
-    means before the pass and is reported as ``None``.
+    While the batches fit in ``max_buffer_bytes`` (default 1 GiB: 60,000 x 512 float32
+    features take 123 MB) they are kept (copied) and :meth:`compute` runs the two-pass
+    in-memory method of :func:`nc_metrics` over them.  Beyond that the accumulator turns
+    into a streaming one (float64 class sums and a d x d within-class scatter, O(N d^2)
+    work, O(K d + d^2) memory); ``ncc_mismatch`` needs the final class means before the
+    pass and is then reported as ``None``.  Accuracy is counted from the logits when they
+    are given with every batch, otherwise computed from ``(W, b)`` (in-memory mode) or
+    ``nan`` (streaming mode).
 
     Example::
 
@@ -446,74 +719,82 @@ class NCAccumulator:
         metrics = acc.compute(model.fc.weight, model.fc.bias)
     """
 
-    def __init__(self, num_classes: int, device=None):
-        if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+    def __init__(self, num_classes: int, device=None, *, max_buffer_bytes: int = 2 ** 30):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         self.K = int(num_classes)
         self.device = None if device is None else torch.device(device)
+        self.max_buffer_bytes = int(max_buffer_bytes)
         self.d = None
-        self.counts = self.sums = self.scatter = self.shift = self.seen = None
+        self.N = 0
+        self._Hs, self._ys, self._preds = [], [], []
+        self._bytes = 0
+        self._stream = None
         self.correct = 0
         self.n_logits = 0
 
+    @property
+    def streaming(self) -> bool:
+        """True once the batches exceeded ``max_buffer_bytes`` (d x d scatter mode)."""
+        return self._stream is not None
+
     def update(self, H, y, logits=None) -> None:
         """Add a batch: features ``H`` (B, d), labels ``y`` (B,), optional logits (B, K)."""
-        Ht = _features(H, device=self.device).to(torch.float64)
+        Ht = _features(H, device=self.device)
+        _check_finite(Ht, "H")
         dev = Ht.device
         yt = _labels(y, Ht.shape[0], dev)
         if int(yt.max()) >= self.K:
             raise ValueError(f"label {int(yt.max())} is out of range for K={self.K} classes")
         if self.d is None:
             self.d = Ht.shape[1]
-            self.counts = torch.zeros(self.K, dtype=torch.float64, device=dev)
-            self.sums = torch.zeros(self.K, self.d, dtype=torch.float64, device=dev)
-            self.shift = torch.zeros(self.K, self.d, dtype=torch.float64, device=dev)
-            self.seen = torch.zeros(self.K, dtype=torch.bool, device=dev)
-            self.scatter = torch.zeros(self.d, self.d, dtype=torch.float64, device=dev)
         elif Ht.shape[1] != self.d:
             raise ValueError(f"batch has d={Ht.shape[1]} features, earlier batches had d={self.d}")
         B = Ht.shape[0]
-        onehot = torch.zeros(self.K, B, dtype=torch.float64, device=dev)
-        onehot[yt, torch.arange(B, device=dev)] = 1.0
-        cnt = onehot.sum(1)
-        s = onehot @ Ht
-        new = (cnt > 0) & ~self.seen
-        if bool(new.any()):
-            self.shift[new] = s[new] / cnt[new, None]
-            self.seen |= new
-        R = Ht - self.shift[yt]
-        self.scatter += R.T @ R
-        self.counts += cnt
-        self.sums += s
+        pred = None
         if logits is not None:
             L = _f64(logits, "logits", dev)
             if L.shape != (B, self.K):
                 raise ValueError(f"logits must have shape (B, K)=({B}, {self.K}), got {tuple(L.shape)}")
-            self.correct += int((L.argmax(1) == yt).sum())
+            pred = L.argmax(1)
+            self.correct += int((pred == yt).sum())
             self.n_logits += B
+        self.N += B
+        if self._stream is not None:
+            self._stream.add(Ht, yt)
+            return
+        keep = Ht if Ht is not H and not _shares_memory(H, Ht) else Ht.clone()
+        self._Hs.append(keep)
+        self._ys.append(yt)
+        self._preds.append(pred)
+        self._bytes += keep.element_size() * keep.numel()
+        if self._bytes > self.max_buffer_bytes:
+            self._stream = _Streaming(self.K, self.d, dev, self._Hs[0])
+            for Hb, yb in zip(self._Hs, self._ys):
+                self._stream.add(Hb, yb)
+            self._Hs, self._ys, self._preds = [], [], []
 
     def compute(self, W, b) -> NCMetrics:
         """NC1-NC4 (eqs. 7-10) of everything fed so far, with classifier (W, b)."""
         if self.d is None:
             raise ValueError("no batch was added: call update() first")
-        empty = torch.nonzero(self.counts == 0).flatten().tolist()
-        if empty:
-            raise ValueError(f"class(es) {empty} have no samples (K={self.K}); every class needs at least one")
-        dev = self.sums.device
+        if self.n_logits and self.n_logits != self.N:
+            raise ValueError("logits were given for some batches but not others")
+        dev = self._stream.sums.device if self._stream is not None else self._Hs[0].device
         Wt = _classifier(W, self.d, dev, self.K)
         bt = _bias(b, self.K, dev)
-        N = self.counts.sum()
-        means = self.sums / self.counts[:, None]
-        dm = means - self.shift
-        # N Sigma_W = sum_i (h_i - s_y)(h_i - s_y)^T - sum_k n_k (mu_k - s_k)(mu_k - s_k)^T
-        SW = self.scatter - (dm * self.counts[:, None]).T @ dm
-        vals = {}
-        for conv in _CONVENTIONS:
-            C = means - _global_mean(means, self.counts, conv)
-            A = _nc1_projector(C, min(self.K - 1, self.d))
-            v = float(torch.sum(A * (SW @ A)) / N)
-            vals[conv] = v * self.K if conv == "papyan" else v
-        acc = self.correct / self.n_logits if self.n_logits else float("nan")
-        if self.n_logits and self.n_logits != int(N):
-            raise ValueError("logits were given for some batches but not others")
-        return _assemble(None, None, Wt, bt, self.K, self.counts, means, vals["zhu"], vals["papyan"], acc, None)
+        if self._stream is not None:
+            acc = self.correct / self.N if self.n_logits else float("nan")
+            return _assemble(Wt, bt, self._stream.stats(Wt), acc)
+        src = _Source(self._Hs, self._ys, self._preds if self.n_logits else None)
+        st = _stats(src, self.K, W=Wt, b=bt, want_ncc=True)
+        return _assemble(Wt, bt, st, self.correct / self.N if self.n_logits else st.accuracy)
+
+
+def _shares_memory(H, Ht: torch.Tensor) -> bool:
+    """Whether the tensor kept by the accumulator would alias the caller's array."""
+    if isinstance(H, torch.Tensor):
+        return H.untyped_storage().data_ptr() == Ht.untyped_storage().data_ptr()
+    if isinstance(H, np.ndarray):
+        return Ht.device.type == "cpu" and np.shares_memory(H, Ht.numpy())
+    return False

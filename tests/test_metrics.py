@@ -160,11 +160,13 @@ def test_extras_against_loops():
     W, b, H, y = random_problem(K=4, n=25, d=6, seed=8)
     m = metrics.nc_metrics(W, b, H, y)
     *_, means = brute_force(W, b, H, y, 4)
-    C = means - H.mean(0)
+    C = means - means.mean(0)  # Papyan et al.: centred on the unweighted mean of the class means
     norms = np.linalg.norm(C, axis=1)
-    assert m.extras["equinorm_H"] == pytest.approx(norms.std() / norms.mean(), rel=1e-10)
+    assert m.extras["equinorm_H"] == pytest.approx(norms.std(ddof=1) / norms.mean(), rel=1e-10)
     cos = [C[k] @ C[l] / (norms[k] * norms[l]) for k in range(4) for l in range(4) if k != l]
     assert m.extras["equiangularity_H"] == pytest.approx(np.mean(np.abs(np.array(cos) + 1 / 3)), rel=1e-10)
+    wn = np.linalg.norm(W, axis=1)
+    assert m.extras["equinorm_W"] == pytest.approx(wn.std(ddof=1) / wn.mean(), rel=1e-12)
     mism = 0
     for i in range(len(y)):
         net = np.argmax(W @ H[i] + b)
@@ -174,20 +176,72 @@ def test_extras_against_loops():
     assert metrics.ncc_mismatch(W, b, H, y) == pytest.approx(mism / len(y), abs=1e-15)
 
 
+def test_papyan_extras_by_hand():
+    # norms 1, 2, 3, 6: mean 3, unbiased variance (4 + 1 + 0 + 9) / 3 = 14/3 -> equinorm sqrt(14/3)/3
+    X = np.diag([1.0, 2.0, 3.0, 6.0])
+    assert metrics.equinorm(X) == pytest.approx(np.sqrt(14 / 3) / 3, rel=1e-14)
+    # orthogonal rows: cos = 0 for every pair, |0 + 1/3| = 1/3
+    assert metrics.equiangularity(X) == pytest.approx(1 / 3, rel=1e-14)
+    # unbalanced classes: 1 sample at (0, 0), 3 samples at (4, 0), 2 at (0, 2).  Unweighted mean of
+    # the means (4/3, 2/3); weighted global mean (2, 2/3).  Papyan's centring gives norms
+    # |(-4/3, -2/3)| = sqrt(20)/3, |(8/3, -2/3)| = sqrt(68)/3, |(-4/3, 4/3)| = sqrt(32)/3.
+    H = np.array([[0, 0], [4, 0], [4, 0], [4, 0], [0, 2], [0, 2]], dtype=float)
+    y = np.array([0, 1, 1, 1, 2, 2])
+    n = np.sqrt([20.0, 68.0, 32.0]) / 3
+    m = metrics.nc_metrics(np.eye(3, 2), np.zeros(3), H, y)
+    assert m.extras["equinorm_H"] == pytest.approx(n.std(ddof=1) / n.mean(), rel=1e-12)
+    C = np.array([[-4, -2], [8, -2], [-4, 4]]) / 3.0
+    U = C / n[:, None]
+    cos = np.array([U[0] @ U[1], U[0] @ U[2], U[1] @ U[2]])
+    assert m.extras["equiangularity_H"] == pytest.approx(np.mean(np.abs(cos + 0.5)), rel=1e-12)
+    # a simplex ETF (any scale) is equinorm and equiangular
+    M = 7.0 * etf.simplex_etf(5, 6)
+    assert metrics.equinorm(M) == pytest.approx(0.0, abs=1e-14)
+    assert metrics.equiangularity(M) == pytest.approx(0.0, abs=1e-14)
+
+
 # ----------------------------------------------------------------------------- streaming
+@pytest.mark.parametrize("budget", [2 ** 30, 0])
 @pytest.mark.parametrize("batch", [1, 7, 64, 10_000])
-def test_streaming_equals_in_memory(batch):
+def test_accumulator_equals_in_memory(batch, budget):
+    # budget 2**30: batches kept, the in-memory method; budget 0: the streaming d x d scatter
     W, b, H, y = random_problem(K=5, n=40, d=9, seed=9)
     ref = metrics.nc_metrics(W, b, H, y)
-    acc = metrics.NCAccumulator(5)
+    acc = metrics.NCAccumulator(5, max_buffer_bytes=budget)
     for i in range(0, len(y), batch):
         hb = torch.tensor(H[i:i + batch])
         acc.update(hb, y[i:i + batch], logits=hb @ torch.tensor(W).T + torch.tensor(b))
+    assert acc.streaming == (budget == 0)
     got = acc.compute(W, b)
     for key in ("nc1", "nc2", "nc3", "nc4", "accuracy"):
         assert getattr(got, key) == pytest.approx(getattr(ref, key), rel=1e-9, abs=1e-14), key
-    assert got.extras["nc1_papyan"] == pytest.approx(ref.extras["nc1_papyan"], rel=1e-9)
-    assert got.extras["ncc_mismatch"] is None
+    for key in ("nc1_papyan", "equinorm_H", "equiangularity_H", "equinorm_W"):
+        assert got.extras[key] == pytest.approx(ref.extras[key], rel=1e-9, abs=1e-14), key
+    if budget:
+        assert got.extras["ncc_mismatch"] == ref.extras["ncc_mismatch"]
+    else:
+        assert got.extras["ncc_mismatch"] is None
+
+
+def test_accumulator_switches_to_streaming_past_its_budget_and_copies_batches():
+    W, b, H, y = random_problem(K=3, n=30, d=4, seed=2)
+    ref = metrics.nc_metrics(W, b, H, y)
+    acc = metrics.NCAccumulator(3, max_buffer_bytes=40 * 4 * 8)  # 40 rows of float64
+    buf = np.empty((15, 4))
+    for i in range(0, len(y), 15):
+        buf[:] = H[i:i + 15]  # the caller reuses its buffer: the accumulator must have copied it
+        acc.update(buf, y[i:i + 15])
+        assert acc.streaming == (i + 15 > 40)
+    got = acc.compute(W, b)
+    assert got.nc1 == pytest.approx(ref.nc1, rel=1e-10)
+    assert np.isnan(got.accuracy)  # streaming mode without logits
+    acc2 = metrics.NCAccumulator(3)
+    for i in range(0, len(y), 15):
+        buf[:] = H[i:i + 15]
+        acc2.update(buf, y[i:i + 15])
+    got2 = acc2.compute(W, b)
+    assert got2.nc1 == pytest.approx(ref.nc1, rel=1e-12)
+    assert got2.accuracy == ref.accuracy  # kept batches: accuracy from (W, b)
 
 
 def test_streaming_near_collapse_with_large_mean_has_no_cancellation():
@@ -224,7 +278,7 @@ def test_bad_inputs_raise_clear_errors():
         metrics.nc1(H, y[:-1])
     with pytest.raises(ValueError, match="2-D"):
         metrics.nc1(H[0], y[:1])
-    with pytest.raises(ValueError, match=r"class\(es\) \[1\] have no samples"):
+    with pytest.raises(ValueError, match=r"class\(es\) 1 \(K=3\) have no samples"):
         metrics.nc1(H[y != 1], np.where(y[y != 1] == 2, 2, 0))
     with pytest.raises(ValueError, match="K >= 2"):
         metrics.nc1(H, np.zeros_like(y))
