@@ -22,8 +22,9 @@ Results and checkpoints go to a scratch folder (a temporary one, removed afterwa
 returns 0, or 1 when any configuration failed (they are named at the end).  The command line
 ``python -m nclib run --profile full --trial`` calls it.
 
-``max_per_class`` caps the cut further (a test uses it to keep every code path alive in CI
-within a couple of minutes; the cut is then below two batches and the line says so).
+``max_per_class`` caps the cut further, training and test images per class (a test uses it to
+keep every code path alive in CI within a couple of minutes; the cut is then below two batches and
+the line says so).
 """
 from __future__ import annotations
 
@@ -94,8 +95,10 @@ def trial_config(config, dataset: str | None = None, max_per_class: int | None =
     if ds == "digits":
         capped = per_class > _DIGITS_MIN[0]
         per_class, n_test = min(per_class, _DIGITS_MIN[0]), min(n_test, _DIGITS_MIN[1])
-    if max_per_class is not None and per_class > max_per_class:
-        per_class, capped = int(max_per_class), True
+    if max_per_class is not None:
+        n_test = min(n_test, int(max_per_class))
+        if per_class > max_per_class:
+            per_class, capped = int(max_per_class), True
     n = per_class * K
     n_batches = math.ceil(n / config.batch_size)
     log_epochs = config.log_epochs if not isinstance(config.log_epochs, (list, tuple)) else "last"
