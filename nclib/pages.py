@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 
@@ -60,6 +61,11 @@ __all__ = [
     "load_chapter",
     "provenance_line",
     "results_table",
+    "TERMINAL_TARGETS",
+    "terminal_phase_checks",
+    "targets_table",
+    "final_metrics_table",
+    "summary_markdown",
 ]
 
 PROFILES = ("auto",) + tuple(E.PROFILES)
@@ -362,6 +368,20 @@ class ChapterResults:
     missing: dict
     note: str
 
+    @property
+    def note_markdown(self) -> str:
+        """The note as Markdown for the page (a sentence and a bullet list), so that it wraps
+        at the column width instead of running off the page as printed text would."""
+        lines = self.note.split("\n")
+        out = [f"**Where these numbers come from.** {lines[0]}"]
+        body = [ln for ln in lines[1:] if not ln.startswith("  - ")]
+        if body:
+            out += ["", " ".join(body)]
+        items = [ln[4:] for ln in lines[1:] if ln.startswith("  - ")]
+        if items:
+            out += [""] + [f"- {it}" for it in items]
+        return "\n".join(out)
+
     def get(self, group, member):
         """The results of one run, or None if it is not available."""
         return self.groups.get(group, {}).get(member)
@@ -463,3 +483,123 @@ def results_table(results_dir="book/results", profile: str | None = None) -> str
                     f"{fin.get('nc1', float('nan')):.3g} | {str(pv.get('date', '?'))[:10]} | "
                     f"{str(pv.get('git_commit', '?'))[:12]} |")
     return "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------- the terminal phase
+#: Targets of the cpu profile (fixed before any run, from the issue "Experiments whose own runs
+#: show neural collapse"): per dataset family, the largest final NC1 and the largest final NC2/NC3.
+TERMINAL_TARGETS = {"mnist": dict(nc1=1e-2, nc23=0.15), "cifar10": dict(nc1=5e-2, nc23=0.2)}
+#: NC1 must fall by at least this factor from its value after epoch 1 (L-BFGS: after its first epoch).
+NC1_DROP = 100.0
+
+
+def _family(dataset: str) -> str:
+    return "mnist" if dataset in ("mnist", "fashionmnist", "digits") else "cifar10"
+
+
+def terminal_phase_checks(res: dict) -> list:
+    """The terminal-phase targets (:data:`TERMINAL_TARGETS`, :data:`NC1_DROP`) checked on one
+    run's stored history.  Rows ``dict(target, value, threshold, met)``:
+
+    * ``train acc = 100% (last quarter)``: the eval-mode training accuracy at every logged
+      epoch in the last quarter of the run (value: the smallest of them);
+    * ``NC1 final``, ``NC1 drop from epoch 1`` (value: NC1 at epoch 1 / final NC1),
+      ``NC2 final``, ``NC3 final``;
+    * ``NC4 <= max/2``: the final NC4 at most half its largest logged value (value: the ratio).
+    """
+    h, cfg = res["history"], res["config"]
+    t = TERMINAL_TARGETS[_family(cfg["dataset"])]
+    E_ = cfg["epochs"]
+    last_q = [a for e, a in zip(h["epoch"], h["train_acc"]) if e > 0.75 * E_]
+    nc1_first = next(v for e, v in zip(h["epoch"], h["nc1"]) if e >= 1)
+    drop = nc1_first / h["nc1"][-1] if h["nc1"][-1] > 0 else float("inf")
+    nc4_max = max(h["nc4"])
+    rows = [
+        ("train acc = 100% (last quarter)", min(last_q) if last_q else float("nan"), 1.0, bool(last_q) and min(last_q) >= 1.0),
+        ("NC1 final", h["nc1"][-1], t["nc1"], h["nc1"][-1] <= t["nc1"]),
+        ("NC1 drop from epoch 1", drop, NC1_DROP, drop >= NC1_DROP),
+        ("NC2 final", h["nc2"][-1], t["nc23"], h["nc2"][-1] <= t["nc23"]),
+        ("NC3 final", h["nc3"][-1], t["nc23"], h["nc3"][-1] <= t["nc23"]),
+        ("NC4 final / max NC4", h["nc4"][-1] / nc4_max if nc4_max > 0 else 0.0, 0.5, h["nc4"][-1] <= 0.5 * nc4_max),
+    ]
+    return [dict(target=a, value=float(v), threshold=float(th), met=bool(ok)) for a, v, th, ok in rows]
+
+
+def targets_table(runs: dict):
+    """A pandas DataFrame: one row per run (``runs``: label -> results dict), one column per
+    terminal-phase target (:func:`terminal_phase_checks`), cells "value (met)" / "value (MISSED)",
+    and a last column "all met"."""
+    import pandas as pd
+    rows = {}
+    for label, res in runs.items():
+        checks = terminal_phase_checks(res)
+        row = {c["target"]: f"{c['value']:.3g} ({'met' if c['met'] else 'MISSED'})" for c in checks}
+        row["all met"] = "yes" if all(c["met"] for c in checks) else "no"
+        rows[label] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def final_metrics_table(runs: dict, paper_test_acc: dict | None = None):
+    """A pandas DataFrame of each run's final logged epoch: steps, wall time, NC1-NC4 on the
+    training and the test set, train and test accuracy (and the paper's test accuracy where
+    given: ``paper_test_acc`` label -> percent)."""
+    import pandas as pd
+    rows = {}
+    for label, res in runs.items():
+        f, c, pv = res["final"], res["config"], res.get("provenance", {})
+        n = res["data"]["n_train"]
+        steps = math.ceil(n / c["batch_size"]) * c["epochs"]
+        row = {"epochs": c["epochs"], "steps": steps, "wall time": fmt_seconds(pv.get("wall_time_s", float("nan")))}
+        for k in ("nc1", "nc2", "nc3", "nc4"):
+            row[f"{k.upper()} train"] = f"{f[k]:.3g}"
+            row[f"{k.upper()} test"] = f"{f[f'test_{k}']:.3g}" if f"test_{k}" in f else "-"
+        row["train acc"] = f"{100 * f['train_acc']:.2f}%"
+        row["test acc"] = f"{100 * f['test_acc']:.2f}%"
+        if paper_test_acc is not None:
+            p = paper_test_acc.get(label)
+            row["paper test acc (full data)"] = "-" if p is None else f"{p:.2f}%"
+        rows[label] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def summary_markdown(runs: dict, profiles: dict) -> str:
+    """"What this shows", computed: which runs meet the terminal-phase targets
+    (:func:`terminal_phase_checks`) and which miss which, and how the test set's NC1 compares
+    with the training set's.  ``runs``: label -> results dict; ``profiles``: label -> profile."""
+    if not runs:
+        return "No runs are shown, so there is nothing to conclude."
+    if set(profiles.values()) == {"smoke"}:
+        return ("These are **smoke** runs (a few epochs on tiny data, for CI): their numbers say nothing "
+                "about neural collapse.")
+    met, missed = [], []
+    for label, res in runs.items():
+        checks = terminal_phase_checks(res)
+        bad = [c for c in checks if not c["met"]]
+        if not bad:
+            met.append(label)
+        else:
+            parts = "; ".join(f"{c['target']} = {c['value']:.3g} against {c['threshold']:g}" for c in bad)
+            missed.append(f"{label} ({parts})")
+    out = []
+    n = len(runs)
+    if met:
+        out.append(f"**{len(met)} of the {n} runs shown meet every terminal-phase target**: {', '.join(met)}. "
+                   f"In these runs the training features of each class have (nearly) collapsed to their class "
+                   f"mean, and the class means and classifier rows are close to a simplex ETF.")
+    else:
+        out.append(f"**None of the {n} runs shown meets every terminal-phase target.**")
+    if missed:
+        out.append(f"{len(missed)} run(s) miss at least one target: " + "; ".join(missed) + ".")
+    ratios = {lb: r["history"]["test_nc1"][-1] / r["history"]["nc1"][-1] for lb, r in runs.items()
+              if r["history"].get("test_nc1")}
+    if ratios:
+        lo, hi = min(ratios.values()), max(ratios.values())
+        out.append(f"On the **test set**, the final NC1 is {lo:.3g} to {hi:.3g} times its training-set value: "
+                   + ("held-out features collapse far less than the training features, as "
+                      "Hui, Belkin and Nakkiran (2022) found." if lo > 10 else
+                      "held-out features are less collapsed than the training features." if lo > 1 else
+                      "in at least one run the test features are as collapsed as the training features."))
+    profs = sorted(set(profiles.values()))
+    if "full" not in profs:
+        out.append("These are small-scale (`cpu` profile) runs, not the paper's experiment.")
+    return "\n\n".join(out)
