@@ -320,3 +320,147 @@ def test_float32_path_matches_float64_on_the_same_values(sigma, mean):
     for key in ("nc1", "nc3", "nc4", "accuracy"):
         assert getattr(m32, key) == pytest.approx(getattr(m64, key), rel=1e-5, abs=1e-15), key
     assert m32.extras["nc1_papyan"] == pytest.approx(m64.extras["nc1_papyan"], rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- precision and scale
+def float64_nc1(H, y, K):
+    """Eq. (7) on the given values in float64: d x d scatter, top K-1 eigendirections."""
+    H = np.asarray(H, dtype=np.float64)
+    counts = np.bincount(y, minlength=K)
+    means = np.zeros((K, H.shape[1]))
+    np.add.at(means, y, H)
+    means /= counts[:, None]
+    R = H - means[y]
+    C = means - counts @ means / len(y)
+    lam, U = np.linalg.eigh(C.T @ C / K)
+    lam, U = lam[::-1][:K - 1], U[:, ::-1][:, :K - 1]
+    return np.sum((U.T @ (R.T @ R / len(y)) @ U).diagonal() / lam) / K
+
+
+@pytest.mark.parametrize("noise,offset", [(1e-1, 0.0), (1e-3, 30.0), (1e-5, 0.0), (2.8e-7, 0.0)])
+def test_float32_features_keep_float64_grade_nc1_down_to_1e_14(noise, offset):
+    # float32 features (their values are the data); the reference is float64 on the same values
+    K, n, d = 10, 300, 64
+    H, y = etf.noisy_etf_features(K, n, d, noise / np.sqrt(d), mean=offset * np.ones(d), seed=4,
+                                  dtype=np.float32)
+    ref = float64_nc1(H, y, K)
+    if noise == 2.8e-7:
+        assert 3e-15 < ref < 3e-14  # the NC1 ~ 1e-14 regime
+    assert metrics.nc1(torch.from_numpy(H), torch.from_numpy(y)) == pytest.approx(ref, rel=1e-5)
+    m = metrics.nc_metrics(etf.simplex_etf(K, d), np.zeros(K), torch.from_numpy(H), torch.from_numpy(y))
+    assert m.nc1 == pytest.approx(ref, rel=1e-5)
+    assert metrics.nc1(H.astype(np.float64), y) == pytest.approx(ref, rel=1e-11)
+
+
+@pytest.mark.parametrize("exponent", [-300, -200, -160, -155, -100, 0, 100, 155, 160, 200, 300])
+def test_nc1_is_scale_invariant_at_any_finite_scale(exponent):
+    W, b, H, y = random_problem(K=4, n=20, d=6, seed=11)
+    base = metrics.nc_metrics(W, b, H, y)
+    f = 10.0 ** exponent
+    assert metrics.nc1(H * f, y) == pytest.approx(base.nc1, rel=1e-12)
+    assert metrics.nc1(H * f, y, convention="papyan") == pytest.approx(base.extras["nc1_papyan"], rel=1e-12)
+    m = metrics.nc_metrics(W, b, H * f, y)
+    for key in ("nc1", "nc2", "nc3"):
+        assert getattr(m, key) == pytest.approx(getattr(base, key), rel=1e-12), key
+    assert m.accuracy == np.mean(np.argmax((H * f) @ W.T + b, 1) == y)  # b is not rescaled
+    v = b + f * (W @ H.mean(0))
+    a = np.abs(v).max()
+    assert m.nc4 == pytest.approx(a * np.linalg.norm(v / a), rel=1e-12)  # without overflowing squares
+    assert metrics.nc3(W, H * f, y) == pytest.approx(base.nc3, rel=1e-12)
+    assert metrics.nc2(W * f) == pytest.approx(base.nc2, rel=1e-12)
+    assert metrics.equinorm(H * f) == pytest.approx(metrics.equinorm(H), rel=1e-12)
+    counts, means = metrics.class_means(H * f, y)
+    np.testing.assert_allclose(means.numpy() / f, metrics.class_means(H, y)[1].numpy(), rtol=1e-13)
+
+
+@pytest.mark.parametrize("k", [-120, -60, 60, 120])
+def test_float32_scale_extremes(k):
+    W, b, H, y = random_problem(K=4, n=20, d=6, seed=12)
+    H32 = torch.tensor(H, dtype=torch.float32)
+    base = metrics.nc1(H32, y)
+    assert metrics.nc1(H32 * 2.0 ** k, y) == pytest.approx(base, rel=1e-5)
+
+
+def test_streaming_at_extreme_scales():
+    W, b, H, y = random_problem(K=4, n=20, d=6, seed=13)
+    ref = metrics.nc1(H, y)
+    for f in (1e-300, 1e300):
+        acc = metrics.NCAccumulator(4, max_buffer_bytes=0)
+        acc.update(H * f, y)
+        assert acc.compute(W, b).nc1 == pytest.approx(ref, rel=1e-10)
+
+
+# ----------------------------------------------------------------------------- the Sigma_B cutoff
+def near_degenerate(s, n=50, seed=0):
+    """K = 3, d = 4: class means (+-1, s, 0, 0), (0, -2s, 0, 0) exactly, noise 0.1 (zero class mean)."""
+    rng = np.random.default_rng(seed)
+    M = np.array([[1.0, s, 0, 0], [-1.0, s, 0, 0], [0, -2 * s, 0, 0]])
+    y = np.repeat(np.arange(3), n)
+    E = 0.1 * rng.standard_normal((3 * n, 4))
+    for k in range(3):
+        E[y == k] -= E[y == k].mean(0)
+    return M[y] + E, y
+
+
+def pinv_nc1(H, y, K=3):
+    """Eq. (7) with numpy's Moore-Penrose pseudo-inverse (every eigenvalue above 1e-15 max)."""
+    means = np.stack([H[y == k].mean(0) for k in range(K)])
+    R = H - means[y]
+    C = means - H.mean(0)
+    return np.trace(R.T @ R / len(y) @ np.linalg.pinv(C.T @ C / K)) / K
+
+
+def test_sigma_b_cutoff_near_degenerate_means():
+    # Sigma_B eigenvalues 2/3 and 2 s^2: ratio 3 s^2, the cutoff 1e-12 sits at s = 5.77e-7
+    H, y = near_degenerate(5e-7)
+    exact = pinv_nc1(H, y)  # eq. (7) with the Moore-Penrose inverse: the tiny direction counts
+    assert 1e9 < exact < 1e11
+    ours = metrics.nc1(H, y)  # that direction (ratio 7.5e-13) is treated as absent
+    x = H[:, 0] - np.array([1.0, -1.0, 0.0])[y]
+    assert ours == pytest.approx(np.mean(x ** 2) / (2 / 3) / 3, rel=1e-9)  # = 5.0e-3 with noise 0.1
+    assert ours == pytest.approx(5.0e-3, rel=0.2)
+    # just above the edge (ratio 1.08e-12) the direction is kept: ours equals the pseudo-inverse's
+    H, y = near_degenerate(6e-7)
+    assert metrics.nc1(H, y) == pytest.approx(pinv_nc1(H, y), rel=1e-5)
+    # and far from it the two agree as they should
+    H, y = near_degenerate(0.3)
+    assert metrics.nc1(H, y) == pytest.approx(pinv_nc1(H, y), rel=1e-10)
+
+
+# ----------------------------------------------------------------------------- bad input, short messages
+def test_stray_label_gives_a_short_message():
+    W, b, H, y = random_problem(K=3, n=5, d=4, seed=0)
+    y = y.copy()
+    y[0] = 10 ** 6
+    with pytest.raises(ValueError) as err:
+        metrics.nc1(H, y)
+    msg = str(err.value)
+    assert len(msg) < 300 and "\n" not in msg
+    assert "K=1,000,001" in msg and "have no samples" in msg
+
+
+def test_float_and_complex_inputs_give_exact_messages():
+    W, b, H, y = random_problem(K=3, n=5, d=4, seed=0)
+    yf = y.astype(float)
+    yf[0] = 1e20
+    with pytest.raises(ValueError, match=r"label 1e\+20 is not a class index"):
+        metrics.nc1(H, yf)
+    yf[0] = np.nan
+    with pytest.raises(ValueError, match="integer class labels, found nan"):
+        metrics.nc1(H, yf)
+    assert metrics.nc1(H, y.astype(float)) == metrics.nc1(H, y)  # integer-valued floats are fine
+    with pytest.raises(ValueError, match="H must be real, got dtype torch.complex128"):
+        metrics.nc1(H + 0j, y)
+    with pytest.raises(ValueError, match="H must be real, got dtype torch.complex64"):
+        metrics.nc_metrics(W, b, torch.tensor(H, dtype=torch.complex64), y)
+    with pytest.raises(ValueError, match="W must be real"):
+        metrics.nc2(W + 1j)
+
+
+def test_bfloat16_and_float16_features_are_accepted():
+    W, b, H, y = random_problem(K=3, n=20, d=8, seed=1)
+    for dt in (torch.bfloat16, torch.float16):
+        Hl = torch.tensor(H, dtype=dt)
+        assert metrics.nc1(Hl, y) == pytest.approx(metrics.nc1(Hl.double(), y), rel=1e-6)
+        m = metrics.nc_metrics(W, b, Hl, y)
+        assert m.nc1 == pytest.approx(metrics.nc1(Hl.double(), y), rel=1e-6)
