@@ -1,0 +1,59 @@
+"""Tests of nclib.pages: the terminal-phase targets, the tables and the computed summaries."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from nclib import configs, pages
+
+
+def fake_result(dataset="mnist", epochs=8, nc1=(1.0, 0.5, 0.02, 0.004), nc2=(0.5, 0.3, 0.1, 0.1),
+                nc3=(0.9, 0.5, 0.2, 0.12), nc4=(0.2, 0.8, 0.5, 0.3), acc=(0.5, 0.9, 1.0, 1.0),
+                log=(1, 2, 7, 8)):
+    c = configs.get_config("fig3-mnist-sgd", "smoke").replace(dataset=dataset, epochs=epochs)
+    h = dict(epoch=list(log), nc1=list(nc1), nc2=list(nc2), nc3=list(nc3), nc4=list(nc4), train_acc=list(acc),
+             test_acc=[0.9] * 4, test_nc1=[v * 10 for v in nc1], test_nc2=list(nc2), test_nc3=list(nc3),
+             test_nc4=list(nc4))
+    final = {k: v[-1] for k, v in h.items()}
+    return dict(config=c.to_dict(), history=h, final=final, data=dict(n_train=100),
+                provenance=dict(wall_time_s=12.0))
+
+
+def by_target(res):
+    return {c["target"]: c for c in pages.terminal_phase_checks(res)}
+
+
+def test_targets_by_hand():
+    ok = by_target(fake_result())
+    assert all(c["met"] for c in ok.values())
+    assert ok["NC1 drop from epoch 1"]["value"] == pytest.approx(1.0 / 0.004)
+    assert ok["NC4 final / max NC4"]["value"] == pytest.approx(0.3 / 0.8)
+    assert ok["train acc = 100% (last quarter)"]["value"] == 1.0  # epochs 7 and 8 > 0.75 * 8
+    # one logged epoch of the last quarter below 100% fails the first target
+    bad = by_target(fake_result(acc=(0.5, 0.9, 0.9998, 1.0)))
+    assert not bad["train acc = 100% (last quarter)"]["met"]
+    # MNIST threshold 0.15 for NC2/NC3, CIFAR-10 0.2; NC1 1e-2 vs 5e-2
+    m = by_target(fake_result(nc1=(1.0, 0.5, 0.1, 0.03), nc3=(1, 1, 1, 0.18)))
+    c = by_target(fake_result(dataset="cifar10-jpeg", nc1=(10.0, 0.5, 0.1, 0.03), nc3=(1, 1, 1, 0.18)))
+    assert not m["NC1 final"]["met"] and c["NC1 final"]["met"]
+    assert not m["NC3 final"]["met"] and c["NC3 final"]["met"]
+    # NC1 must fall 100x from epoch 1; NC4 must end at most half its maximum
+    assert not by_target(fake_result(nc1=(0.3, 0.1, 0.01, 0.004)))["NC1 drop from epoch 1"]["met"]
+    assert not by_target(fake_result(nc4=(0.2, 0.8, 0.5, 0.41)))["NC4 final / max NC4"]["met"]
+    # an epoch-0 record does not count as "after epoch 1"; a zero NC1 is an infinite drop
+    z = by_target(fake_result(nc1=(5.0, 1.0, 0.1, 0.0), log=(0, 1, 7, 8)))
+    assert z["NC1 drop from epoch 1"]["value"] == math.inf and z["NC1 drop from epoch 1"]["met"]
+
+
+def test_tables_and_summary():
+    runs = {"a": fake_result(), "b": fake_result(nc3=(1, 1, 1, 0.5))}
+    t = pages.targets_table(runs)
+    assert list(t["all met"]) == ["yes", "no"] and "MISSED" in t.loc["b", "NC3 final"]
+    f = pages.final_metrics_table(runs, {"a": 99.6})
+    assert f.loc["a", "NC1 train"] == "0.004" and f.loc["a", "NC1 test"] == "0.04"
+    assert f.loc["a", "paper test acc (full data)"] == "99.60%" and f.loc["b", "paper test acc (full data)"] == "-"
+    s = pages.summary_markdown(runs, {"a": "cpu", "b": "cpu"})
+    assert "1 of the 2 runs shown meet every terminal-phase target" in s and "NC3 final = 0.5 against 0.15" in s
+    assert "10 to 10 times its training-set value" in s
+    assert "smoke" in pages.summary_markdown(runs, {"a": "smoke", "b": "smoke"})
