@@ -66,6 +66,7 @@ __all__ = [
     "targets_table",
     "final_metrics_table",
     "summary_markdown",
+    "load_runs",
 ]
 
 PROFILES = ("auto",) + tuple(E.PROFILES)
@@ -603,3 +604,29 @@ def summary_markdown(runs: dict, profiles: dict) -> str:
     if "full" not in profs:
         out.append("These are small-scale (`cpu` profile) runs, not the paper's experiment.")
     return "\n\n".join(out)
+
+
+def load_runs(names, profile: str = "auto", results_dir="results") -> dict:
+    """Stored results of named runs for a page that shows runs outside the figure chapters
+    (e.g. "Other losses", "Nonnegative features"): ``{name: results dict or None}``.
+
+    ``profile``: "auto" (stored "full" results if present, else stored "cpu" ones), "cpu" or
+    "full" (stored only: a missing run is None, never trained here), or "smoke" (trained in
+    seconds into the smoke folder, :func:`results_dir_for`, never into the book's results).
+    """
+    _check_profile(profile)
+    out = {}
+    for name in names:
+        res = None
+        for prof in (("full", "cpu") if profile == "auto" else (profile,)):
+            if not C.has_profile(name, prof):
+                continue
+            cfg = C.get_config(name, prof)
+            if prof == "smoke":
+                res = E.load_or_run(cfg, results_dir_for("smoke", results_dir), progress=False)
+            else:
+                res = _stored(cfg, results_dir)
+            if res is not None:
+                break
+        out[name] = res
+    return out

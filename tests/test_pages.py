@@ -57,3 +57,20 @@ def test_tables_and_summary():
     assert "1 of the 2 runs shown meet every terminal-phase target" in s and "NC3 final = 0.5 against 0.15" in s
     assert "10 to 10 times its training-set value" in s
     assert "smoke" in pages.summary_markdown(runs, {"a": "smoke", "b": "smoke"})
+
+
+def test_load_runs_never_trains_outside_smoke(tmp_path, monkeypatch):
+    from nclib import experiments as E
+    monkeypatch.setattr(E, "run_experiment", lambda *a, **k: pytest.fail("trained"))
+    assert pages.load_runs(["fig3-mnist-sgd", "loss-mnist-mse"], "auto", tmp_path) == \
+        {"fig3-mnist-sgd": None, "loss-mnist-mse": None}
+    assert pages.load_runs(["loss-mnist-mse"], "full", tmp_path) == {"loss-mnist-mse": None}  # no full profile
+    with pytest.raises(ValueError, match="unknown profile"):
+        pages.load_runs(["fig3-mnist-sgd"], "gpu", tmp_path)
+
+
+def test_load_runs_smoke_goes_to_the_smoke_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("NCLIB_SMOKE_RESULTS", str(tmp_path / "smoke"))
+    res = pages.load_runs(["loss-mnist-mse"], "smoke", tmp_path / "book")
+    assert res["loss-mnist-mse"]["config"]["loss"] == "mse"
+    assert list((tmp_path / "smoke").glob("loss-mnist-mse__smoke__*.json")) and not (tmp_path / "book").exists()
