@@ -20,21 +20,27 @@ How NC1 is computed.  ``Sigma_B`` has rank at most K-1 and lives on the span ``D
 differences of the class means.  Two passes over H (never a d x d matrix, never an N x d
 float64 copy):
 
-1. class sums in float64 (each chunk widened to float64, then summed per class);
+1. class sums (float32 features: float32 sums of ~50 rows per class per chunk, added up in
+   float64; float64 features: float64).  These means ``mu`` need only be close: they give the
+   residuals their small size and ``Q`` its span (to about 1e-7);
 2. per chunk, the residuals ``t_i = h_i - mu~_{y_i}`` against the class means rounded to the
-   features' dtype (``mu~``), then ``Z = t Q`` with ``Q`` (d x q, q <= K-1) an orthonormal basis
-   of ``D``, and, for :func:`nc_metrics`, ``t W^T`` (the logits less a per-class constant).
-   Only ``Z^T Z`` and the class sums of ``Z`` (float64, q x q and K x q) are kept: the
-   within-class scatter of ``Z`` is ``Q^T (N Sigma_W) Q`` whatever ``mu~`` is, and
+   features' dtype (``mu~``), then ``Z = t [Q | W^T]`` with ``Q`` (d x q, q <= K-1) an
+   orthonormal basis of ``D`` (the ``W^T`` columns for :func:`nc_metrics` and the
+   accumulator: the logits less a per-class constant).  Then, in float64: the within-class
+   scatter of ``Z`` is ``Q^T (N Sigma_W) Q`` whatever ``mu~`` is; the class means of ``Z``
+   turn ``mu~`` into the exact class means in the coordinates the metrics need (``Q`` for
+   Sigma_B and Papyan's extras, ``W`` for NC3 and NC4); and
    ``NC1 = tr((Q^T Sigma_W Q)(Q^T Sigma_B Q)^+) / K``.
 
-The work is one read of H plus one N x d x K scatter-add (pass 1) and one read of H plus one
-N x d x (2K-1) product (pass 2).  Precision: a difference ``h - mu~`` of two numbers of the
-features' dtype is exact or rounded relative to the difference itself (Sterbenz), so the
-products of pass 2, done in float32 for float32 features, carry an error relative to the
-within-class spread, not to ``||h||``: NC1 of float32 features keeps its relative accuracy
-(about 1e-6 or better) down to NC1 ~ 1e-14, where an O(N d^2) float32 scatter gives noise.
-Float64 features are processed in float64 throughout.
+The work is one read of H plus one N x d scatter-add (pass 1) and one read of H plus one
+N x d x (2K-1) product (pass 2); per sample only K-vectors are kept.  Precision: a difference
+``h - mu~`` of two numbers of the features' dtype is exact or rounded relative to the
+difference itself (Sterbenz), so the products of pass 2, done in float32 for float32
+features, carry an error relative to the within-class spread, not to ``||h||``: NC1 of
+float32 features agrees with a float64 computation on the same values to 3e-8 .. 4e-7
+relative (measured, ``benchmarks/bench_metrics.py`` and the tests) from NC1 ~ 1e-3 down to
+NC1 ~ 1e-14, where an O(N d^2) float32 scatter gives noise.  Float64 features are processed
+in float64 throughout (agreement ~1e-15).
 
 Scale.  NC1, NC2 and NC3 are scale-invariant; the implementation normalises by powers of
 two (exact) so that features at any finite scale (tested 1e-300 .. 1e300) give the same
@@ -708,7 +714,8 @@ class NCAccumulator:
     work, O(K d + d^2) memory); ``ncc_mismatch`` needs the final class means before the
     pass and is then reported as ``None``.  Accuracy is counted from the logits when they
     are given with every batch, otherwise computed from ``(W, b)`` (in-memory mode) or
-    ``nan`` (streaming mode).
+    ``nan`` (streaming mode).  Kept batches are copied unless ``copy=False`` (then the caller
+    promises not to modify a batch in place after passing it: fresh outputs of a forward pass).
 
     Example::
 
@@ -719,12 +726,13 @@ class NCAccumulator:
         metrics = acc.compute(model.fc.weight, model.fc.bias)
     """
 
-    def __init__(self, num_classes: int, device=None, *, max_buffer_bytes: int = 2 ** 30):
+    def __init__(self, num_classes: int, device=None, *, max_buffer_bytes: int = 2 ** 30, copy: bool = True):
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         self.K = int(num_classes)
         self.device = None if device is None else torch.device(device)
         self.max_buffer_bytes = int(max_buffer_bytes)
+        self.copy = bool(copy)
         self.d = None
         self.N = 0
         self._Hs, self._ys, self._preds = [], [], []
@@ -763,7 +771,7 @@ class NCAccumulator:
         if self._stream is not None:
             self._stream.add(Ht, yt)
             return
-        keep = Ht if Ht is not H and not _shares_memory(H, Ht) else Ht.clone()
+        keep = Ht.clone() if self.copy and _shares_memory(H, Ht) else Ht
         self._Hs.append(keep)
         self._ys.append(yt)
         self._preds.append(pred)
