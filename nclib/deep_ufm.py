@@ -24,7 +24,10 @@ Contents: :func:`forward`, :func:`objective` (value through :func:`nclib.losses.
 :func:`gradients` (explicit back-propagation), :func:`solve`, :func:`dnc_value` (the best
 deep-neural-collapse configuration, a one-dimensional problem), :func:`layer_report`
 (NC metrics and ranks at every layer) and :func:`frame_distances` (distance of class means
-to a simplex ETF and to an orthogonal frame).  Everything is float64.
+to a simplex ETF and to an orthogonal frame); for the UFM with fewer dimensions than classes,
+:func:`code_value` (the best value of eq. (4) on a given symmetric configuration, e.g. a regular
+polygon) and :func:`one_vs_rest_distance` (the margin that generalized neural collapse maximises).
+Everything is float64.
 """
 from __future__ import annotations
 
@@ -49,6 +52,8 @@ __all__ = [
     "dnc_value",
     "frame_distances",
     "layer_report",
+    "code_value",
+    "one_vs_rest_distance",
 ]
 
 ACTIVATIONS = ("linear", "relu")
@@ -555,3 +560,79 @@ def layer_report(res: DeepSolveResult, *, rank_tol: float = 1e-6) -> list:
         out.append(dict(layer=l + 1, nc1=float(nc1), etf=etf, of=of, rank_means=_rank(M, rank_tol),
                         rank_W=_rank(W, rank_tol), nc3=nc3, mean_norm=float(np.linalg.norm(M, axis=1).mean())))
     return out
+
+
+# ----------------------------------------------------------------------------- fewer dimensions than classes
+def code_value(U, n: int, lambda_W, lambda_H):
+    """Best value of eq. (4) with classifier rows and class features on a given unit code U (K, d).
+
+    The candidate: ``w_k = a u_k``, ``h_{k,i} = h u_k``, ``b = 0``.  Its loss depends on
+    ``m = a h`` only (logits ``m <u_j, u_k>``), and for a given m the weight decay
+    ``lambda_W/2 K a^2 + n lambda_H/2 K h^2`` is smallest at ``K sqrt(n lambda_W lambda_H) m``
+    (balanced), so
+
+    ``F(m) = (1/K) sum_k log sum_j exp(m (G_kj - G_kk)) + K sqrt(n lambda_W lambda_H) m``,
+    ``G = U U^T``,
+
+    minimised over m >= 0 (a convex function of m).  With U a simplex ETF this is Theorem 3.1's
+    minimum (a test checks it); for a regular K-gon (d = 2) or a spherical code it is the value
+    of the symmetric candidate a reader would guess when d < K - 1.  The bias is 0: optimal when
+    the rows of U sum to 0 and G has constant row sums (any vertex-transitive code).  Returns
+    ``(value, m)``.  Rows of U are normalised first.
+    """
+    from scipy.optimize import minimize_scalar
+
+    U = _arr(U, "U")
+    if U.ndim != 2 or U.shape[0] < 2:
+        raise ValueError(f"U must be (K, d) with K >= 2, got shape {U.shape}")
+    norms = np.linalg.norm(U, axis=1)
+    if np.any(norms == 0):
+        raise ValueError("U has a zero row")
+    U = U / norms[:, None]
+    K = U.shape[0]
+    lW, lH = float(lambda_W), float(lambda_H)
+    if not (lW > 0 and lH > 0):
+        raise ValueError(f"lambda_W and lambda_H must be > 0, got {lambda_W!r}, {lambda_H!r}")
+    G = U @ U.T
+    D = G - np.diag(G)[:, None]                       # D_kj = <u_k,u_j> - 1 <= 0
+    q = math.sqrt(n * lW * lH)
+
+    def F(m):
+        X = m * D
+        mx = X.max(axis=1, keepdims=True)
+        return float(np.mean(mx[:, 0] + np.log(np.exp(X - mx).sum(axis=1)))) + K * q * m
+
+    hi = 1.0
+    while F(2 * hi) < F(hi) and hi < 1e6:
+        hi *= 2
+    best = minimize_scalar(F, bounds=(0.0, 2 * hi), method="bounded", options=dict(xatol=1e-12))
+    return min((F(0.0), 0.0), (float(best.fun), float(best.x)))
+
+
+def one_vs_rest_distance(W):
+    """Smallest one-vs-rest distance of the normalised rows of W (K, d).
+
+    For each class k, the Euclidean distance from ``w_k/||w_k||`` to the convex hull of the
+    other normalised rows; the minimum over k.  Jiang et al. (2023, "Generalized neural collapse
+    for a large number of classes") describe the classifier of generalized neural collapse as
+    maximising the minimum one-vs-rest margin; this is that margin for the classifier alone
+    (the distance from a point to the hull of the others), solved as a nonnegative least-squares
+    problem with the simplex constraint enforced by a heavily weighted extra row.
+    """
+    from scipy.optimize import nnls
+
+    W = _arr(W, "W")
+    if W.ndim != 2 or W.shape[0] < 2:
+        raise ValueError(f"W must be (K, d) with K >= 2, got shape {W.shape}")
+    U = W / np.linalg.norm(W, axis=1, keepdims=True)
+    K = U.shape[0]
+    big = 1e4
+    out = []
+    for k in range(K):
+        others = np.delete(U, k, axis=0)              # (K-1, d)
+        A = np.vstack([others.T, big * np.ones((1, K - 1))])
+        rhs = np.concatenate([U[k], [big]])
+        alpha, _ = nnls(A, rhs, maxiter=50 * K)
+        alpha = alpha / alpha.sum()
+        out.append(float(np.linalg.norm(U[k] - alpha @ others)))
+    return min(out)

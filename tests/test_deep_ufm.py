@@ -171,3 +171,42 @@ def test_bad_input_raises():
         D.objective(H1, [Ws[0].T], b, y, (1e-3, 1e-3, 0))
     with pytest.raises(ValueError, match="loss"):
         D.objective(H1, Ws, b, y, (1e-3, 1e-3, 0), loss="hinge")
+
+
+def test_code_value_simplex_is_theorem_31():
+    for K, n in [(4, 2), (7, 3)]:
+        lams = (5e-3, 5e-3, 0.0)
+        v, m = D.code_value(etf.simplex_etf(K, K), n, lams[0], lams[1])
+        cf = ufm.closed_form(K, n, *lams)
+        assert v == pytest.approx(cf.value, abs=1e-10)
+        assert m * K / (K - 1) == pytest.approx(cf.margin, rel=1e-5)   # logit gap m(1 + 1/(K-1))
+
+
+def test_code_value_polygon_is_attained_by_explicit_point():
+    K, n, lW, lH = 5, 2, 5e-3, 5e-3
+    th = 2 * np.pi * np.arange(K) / K
+    U = np.stack([np.cos(th), np.sin(th)], 1)
+    v, m = D.code_value(U, n, lW, lH)
+    # balanced scales: lW a^2 = n lH h^2, a h = m
+    a = math.sqrt(m * math.sqrt(n * lH / lW))
+    h = m / a
+    y = ufm.balanced_labels(K, n)
+    f = ufm.objective(a * U, h * U[y], np.zeros(K), y, lW, lH, 0.0)
+    assert f == pytest.approx(v, abs=1e-12)
+    # and m is optimal: the derivative of f along the family vanishes
+    eps = 1e-5
+    fp = D.code_value(U, n, lW, lH)[0]
+    assert fp <= ufm.objective(a * (1 + eps) * U, h * U[y], np.zeros(K), y, lW, lH, 0.0) + 1e-15
+
+
+def test_one_vs_rest_distance_hand_made():
+    # square: the hull of the other three vertices of a unit square; nearest point is the
+    # midpoint of the two neighbours' chord: distance 1 - cos(pi/2)... = 1 - 0 -> from (1,0) to
+    # the segment (0,1)-(0,-1) the distance is 1
+    U = np.array([[1.0, 0], [0, 1], [-1, 0], [0, -1]])
+    assert D.one_vs_rest_distance(U) == pytest.approx(1.0, abs=1e-8)
+    # simplex ETF of K points: distance from a vertex to the opposite facet = K/(K-1) * height ...
+    K = 4
+    E = etf.simplex_etf(K, K)
+    # facet centroid is -u_k/(K-1): distance 1 + 1/(K-1)
+    assert D.one_vs_rest_distance(E) == pytest.approx(1 + 1 / (K - 1), abs=1e-8)
