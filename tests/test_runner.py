@@ -12,7 +12,10 @@ import jupytext
 import pytest
 
 from nclib import __main__ as cli
+from nclib import costs as CO
 from nclib import experiments as E
+from nclib import models as M
+from nclib import pages as P
 from nclib import runner as R
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -23,17 +26,20 @@ def fake_training(monkeypatch, tmp_path):
     """Replace training by a fake that returns a well-formed results dict and counts calls."""
     calls = []
 
-    def fake_run(config, *, device=None, checkpoint=None, progress=True):
+    def fake_run(config, *, device=None, checkpoint=None, progress=True, provenance_extra=None):
         calls.append(config.name)
         n = config.epochs
         hist = dict(epoch=list(range(1, n + 1)), nc1=[1.0 / e for e in range(1, n + 1)],
                     train_acc=[1.0] * n, test_acc=[0.9] * n)
-        return dict(format=1, config=config.to_dict(), config_hash=E.config_hash(config), history=hist,
-                    final=dict(epoch=n, nc1=hist["nc1"][-1], train_acc=1.0, test_acc=0.9),
-                    parameters=dict(total=10, trainable=10, classifier_weight=4, feature_dim=2),
-                    provenance=dict(device="cuda" if config.profile == "full" else "cpu",
-                                    device_name="FakeGPU 9000" if config.profile == "full" else "fakecpu",
-                                    date="2026-01-02T03:04:05+00:00", git_commit="abc123def456", wall_time_s=42.0))
+        res = dict(format=2, config=config.to_dict(), config_hash=E.config_hash(config), history=hist,
+                   final=dict(epoch=n, nc1=hist["nc1"][-1], train_acc=1.0, test_acc=0.9), geometry=None,
+                   parameters=dict(total=10, trainable=10, classifier_weight=4, feature_dim=2),
+                   provenance=dict(device="cuda" if config.profile == "full" else "cpu",
+                                   device_name="FakeGPU 9000" if config.profile == "full" else "fakecpu",
+                                   date="2026-01-02T03:04:05+00:00", git_commit="abc123def456", wall_time_s=42.0,
+                                   **(provenance_extra or {})))
+        res["content_hash"] = E.content_hash(res)
+        return res
 
     monkeypatch.setattr(E, "run_experiment", fake_run)
     monkeypatch.setenv("NCLIB_CHECKPOINTS", str(tmp_path / "ckpt"))
@@ -52,34 +58,34 @@ def test_parse_value():
 
 
 def test_chapter_groups_names_and_overrides():
-    g = R.chapter_groups("exp_optimizers", "cpu", DATASETS=["mnist"], OPTIMIZERS=["sgd", "lbfgs"])
+    g = P.chapter_groups("exp_optimizers", "cpu", DATASETS=["mnist"], OPTIMIZERS=["sgd", "lbfgs"])
     assert list(g) == ["mnist"] and list(g["mnist"]) == ["sgd", "lbfgs"]
     assert [c.name for c in g["mnist"].values()] == ["fig3-mnist-sgd", "fig3-mnist-lbfgs"]
     assert g["mnist"]["sgd"] == E.get_config("fig3-mnist-sgd", "cpu")
     # EPOCHS keeps the five-stage schedule (200 -> steps of 40) and changes the hash
-    g10 = R.chapter_groups("exp_optimizers", "full", DATASETS=["mnist"], EPOCHS=10)
+    g10 = P.chapter_groups("exp_optimizers", "full", DATASETS=["mnist"], EPOCHS=10)
     c = g10["mnist"]["sgd"]
     assert c.epochs == 10 and c.lr_step == 2 and E.get_config("fig3-mnist-sgd", "full").lr_step == 40
     assert g10["mnist"]["lbfgs"].lr_step is None
     base = E.get_config("fig3-mnist-sgd", "cpu")  # the schedule's shape is kept in any profile
-    assert R.apply_overrides(base, 3 * base.epochs).lr_step == 3 * base.lr_step
-    assert R.apply_overrides(base, None) is base
+    assert P.apply_overrides(base, 3 * base.epochs).lr_milestones == tuple(3 * m for m in base.lr_milestones)
+    assert P.apply_overrides(base, None) is base
     assert E.config_hash(c) != E.config_hash(E.get_config("fig3-mnist-sgd", "full"))
-    ufm = R.chapter_groups("exp_ufm_validity", "smoke", FIG5_MODELS=["mlp"], FIG5_WIDTHS=[1, 4])
-    assert {k: list(v) for k, v in ufm.items()} == {"fig5-mlp": ["w1", "w4"], "fig6-mnist": ["all", "whb"],
-                                                   "fig6-cifar10": ["all", "whb"]}
-    design = R.chapter_configs("exp_design", "cpu", SETUPS=["cifar10-resnet50"], VARIANTS=["etf"])
+    ufm = P.chapter_groups("exp_ufm_validity", "smoke", FIG5_MODELS=["mlp"], FIG5_WIDTHS=[1, 4])
+    v6 = list(P.CHAPTERS["exp_ufm_validity"]["params"]["FIG6_VARIANTS"][0])
+    assert {k: list(v) for k, v in ufm.items()} == {"fig5-mlp": ["w1", "w4"], "fig6-mnist": v6, "fig6-cifar10": v6}
+    design = P.chapter_configs("exp_design", "cpu", SETUPS=["cifar10-resnet50"], VARIANTS=["etf"])
     assert [c.name for c in design] == ["fig7-cifar10-resnet50-etf"] and design[0].fixed_classifier == "etf"
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: R.chapter_groups("nope", "cpu"), "unknown chapter 'nope'"),
-    (lambda: R.chapter_groups("exp_optimizers", "huge"), "unknown profile 'huge'"),
-    (lambda: R.chapter_groups("exp_optimizers", "cpu", OPTIMIZER=["sgd"]), "unknown parameter.*OPTIMIZER"),
-    (lambda: R.chapter_groups("exp_optimizers", "cpu", OPTIMIZERS=["rmsprop"]), "rmsprop"),
-    (lambda: R.chapter_groups("exp_optimizers", "cpu", EPOCHS=0), "EPOCHS"),
-    (lambda: R.chapter_groups("exp_design", "cpu", SETUPS=[]), "non-empty"),
-    (lambda: R.load_chapter("exp_design", "gpu"), "unknown profile 'gpu'"),
+    (lambda: P.chapter_groups("nope", "cpu"), "unknown chapter 'nope'"),
+    (lambda: P.chapter_groups("exp_optimizers", "huge"), "unknown profile 'huge'"),
+    (lambda: P.chapter_groups("exp_optimizers", "cpu", OPTIMIZER=["sgd"]), "unknown parameter.*OPTIMIZER"),
+    (lambda: P.chapter_groups("exp_optimizers", "cpu", OPTIMIZERS=["rmsprop"]), "rmsprop"),
+    (lambda: P.chapter_groups("exp_optimizers", "cpu", EPOCHS=0), "EPOCHS"),
+    (lambda: P.chapter_groups("exp_design", "cpu", SETUPS=[]), "non-empty"),
+    (lambda: P.load_chapter("exp_design", "gpu"), "unknown profile 'gpu'"),
 ])
 def test_unknown_names_rejected(call, match):
     with pytest.raises(ValueError, match=match):
@@ -88,10 +94,10 @@ def test_unknown_names_rejected(call, match):
 
 def test_chapter_parameters_match_the_notebooks():
     """The runner's parameter names are exactly those of each chapter's parameters cell."""
-    for ch in R.chapter_names():
+    for ch in P.chapter_names():
         nb_params = R.notebook_parameters(ROOT / "book" / f"{ch}.md")
-        assert set(nb_params) == set(R.chapter_parameters(ch)), ch
-        for k, v in R.chapter_parameters(ch).items():
+        assert set(P.chapter_parameters(ch)) <= set(nb_params), ch
+        for k, v in P.chapter_parameters(ch).items():
             if k != "PROFILE":
                 assert nb_params[k] == v, (ch, k)
 
@@ -104,17 +110,17 @@ def test_training_key_finds_equivalent_runs():
             # independent check: the configurations differ only in name, figure and label
             diff = {k for k, v in sgd.to_dict().items() if o.to_dict()[k] != v}
             assert diff <= {"name", "figure", "label"}, (p, other, diff)
-            assert R.training_key(o) == R.training_key(sgd)
-        assert R.training_key(E.get_config("fig6-mnist-whb", p)) != R.training_key(sgd)
-        assert R.training_key(E.get_config("fig3-cifar10-sgd", p)) != R.training_key(sgd) or p == "smoke"
+            assert P.training_key(o) == P.training_key(sgd)
+        assert P.training_key(E.get_config("fig6-mnist-eq4", p)) != P.training_key(sgd)
+        assert P.training_key(E.get_config("fig3-cifar10-sgd", p)) != P.training_key(sgd) or p == "smoke"
 
 
 def test_copy_equivalent(tmp_path, fake_training):
     src = E.get_config("fig3-mnist-sgd", "cpu")
     E.load_or_run(src, tmp_path)
     dst = E.get_config("fig6-mnist-all", "cpu")
-    assert R.find_equivalent(E.get_config("fig6-mnist-whb", "cpu"), tmp_path) is None
-    res = R.copy_equivalent(dst, tmp_path)
+    assert P.find_equivalent(E.get_config("fig6-mnist-eq4", "cpu"), tmp_path) is None
+    res = P.copy_equivalent(dst, tmp_path)
     assert fake_training == ["fig3-mnist-sgd"]  # nothing trained for the copy
     assert res["config"]["name"] == "fig6-mnist-all" and res["provenance"]["copied_from"].startswith("fig3-mnist-sgd__")
     assert res["history"] == E.load_or_run(src, tmp_path, run=False)["history"]
@@ -124,12 +130,12 @@ def test_copy_equivalent(tmp_path, fake_training):
 # ----------------------------------------------------------------------------- "auto"
 def test_auto_prefers_stored_full_results_and_says_so(tmp_path, fake_training):
     # full results for the MNIST panel only, cpu results for the CIFAR-10 panel
-    for c in R.chapter_groups("exp_optimizers", "full", DATASETS=["mnist"])["mnist"].values():
+    for c in P.chapter_groups("exp_optimizers", "full", DATASETS=["mnist"])["mnist"].values():
         E.load_or_run(c, tmp_path)
-    for c in R.chapter_groups("exp_optimizers", "cpu", DATASETS=["cifar10"])["cifar10"].values():
+    for c in P.chapter_groups("exp_optimizers", "cpu", DATASETS=["cifar10"])["cifar10"].values():
         E.load_or_run(c, tmp_path)
     fake_training.clear()
-    shown = R.load_chapter("exp_optimizers", "auto", tmp_path, auto_run_limit_s=0)
+    shown = P.load_chapter("exp_optimizers", "auto", tmp_path, auto_run_limit_s=0)
     assert fake_training == []  # only loaded
     assert shown.profiles == {"mnist": "full", "cifar10": "cpu"}
     assert shown.get("mnist", "sgd")["config"]["profile"] == "full"
@@ -142,13 +148,13 @@ def test_auto_prefers_stored_full_results_and_says_so(tmp_path, fake_training):
 def test_auto_without_full_results_uses_cpu_and_respects_the_limit(tmp_path, fake_training):
     E.load_or_run(E.get_config("fig3-mnist-sgd", "cpu"), tmp_path)
     fake_training.clear()
-    shown = R.load_chapter("exp_optimizers", "auto", tmp_path, auto_run_limit_s=0, DATASETS=["mnist"])
+    shown = P.load_chapter("exp_optimizers", "auto", tmp_path, auto_run_limit_s=0, DATASETS=["mnist"])
     assert fake_training == [] and shown.profiles == {"mnist": "cpu"}
     assert list(shown.groups["mnist"]) == ["sgd"]
     assert set(shown.missing) == {"fig3-mnist-adam", "fig3-mnist-lbfgs"}
     assert "No full-profile" in shown.note and "MISSING fig3-mnist-adam" in shown.note
     # with room in the limit, "auto" trains the missing cpu runs
-    shown = R.load_chapter("exp_optimizers", "auto", tmp_path, auto_run_limit_s=1e9, DATASETS=["mnist"])
+    shown = P.load_chapter("exp_optimizers", "auto", tmp_path, auto_run_limit_s=1e9, DATASETS=["mnist"])
     assert sorted(fake_training) == ["fig3-mnist-adam", "fig3-mnist-lbfgs"] and not shown.missing
     assert shown.sources["fig3-mnist-adam"] == "trained now" and shown.sources["fig3-mnist-sgd"] == "stored"
 
@@ -161,16 +167,16 @@ def test_auto_names_runs_that_cannot_be_trained_here(tmp_path, monkeypatch):
 
     monkeypatch.setattr(E, "run_experiment", no_data)
     monkeypatch.setenv("NCLIB_CHECKPOINTS", str(tmp_path / "ckpt"))
-    shown = R.load_chapter("exp_optimizers", "auto", tmp_path, auto_run_limit_s=1e9, DATASETS=["mnist"],
+    shown = P.load_chapter("exp_optimizers", "auto", tmp_path, auto_run_limit_s=1e9, DATASETS=["mnist"],
                            OPTIMIZERS=["sgd"])
     assert shown.groups == {"mnist": {}} and "files not found under /nowhere" in shown.missing["fig3-mnist-sgd"]
     assert "MISSING fig3-mnist-sgd" in shown.note
     with pytest.raises(RuntimeError, match="/nowhere"):
-        R.load_chapter("exp_optimizers", "cpu", tmp_path, DATASETS=["mnist"], OPTIMIZERS=["sgd"])
+        P.load_chapter("exp_optimizers", "cpu", tmp_path, DATASETS=["mnist"], OPTIMIZERS=["sgd"])
 
 
 def test_smoke_results_never_go_to_the_book(tmp_path, fake_training):
-    shown = R.load_chapter("exp_optimizers", "smoke", tmp_path / "book_results", DATASETS=["mnist"],
+    shown = P.load_chapter("exp_optimizers", "smoke", tmp_path / "book_results", DATASETS=["mnist"],
                            OPTIMIZERS=["sgd"])
     assert shown.profiles == {"mnist": "smoke"}
     assert not (tmp_path / "book_results").exists()
@@ -185,33 +191,40 @@ def test_plan_resume_skips_finished_runs(tmp_path, fake_training):
     rdir = book / "results"
     E.load_or_run(E.get_config("fig3-mnist-sgd", "cpu"), rdir)
     ck = R._checkpoint_path(E.get_config("fig3-mnist-adam", "cpu"), rdir)
-    ck.parent.mkdir(parents=True)
+    ck.parent.mkdir(parents=True, exist_ok=True)
     ck.write_bytes(b"")
-    runs, per = R.plan(["exp_optimizers"], "cpu", {"DATASETS": ["mnist"]}, book_dir=book, resume=True)
+    runs, per = R.plan(["exp_optimizers"], "cpu", {"DATASETS": ["mnist"]}, book_dir=book)
     assert {r.config.name: r.status for r in runs} == {
-        "fig3-mnist-sgd": "stored", "fig3-mnist-adam": "checkpoint", "fig3-mnist-lbfgs": "train"}
+        "fig3-mnist-sgd": "stored", "fig3-mnist-adam": "resume", "fig3-mnist-lbfgs": "train"}
     assert per == {"exp_optimizers": {"DATASETS": ["mnist"]}}
     assert runs[0].estimate_s == 0 and runs[2].estimate_s > 0
-    runs, _ = R.plan(["exp_optimizers"], "cpu", {"DATASETS": ["mnist"]}, book_dir=book, resume=False)
-    assert {r.status for r in runs} == {"train"}
-    # the runner trains only the unfinished ones (no notebook execution here)
+    # --fresh ignores checkpoints, --rerun replaces stored results; neither is the default
+    runs, _ = R.plan(["exp_optimizers"], "cpu", {"DATASETS": ["mnist"]}, book_dir=book, fresh=True)
+    assert [r.status for r in runs] == ["stored", "train", "train"]
+    runs, _ = R.plan(["exp_optimizers"], "cpu", {"DATASETS": ["mnist"]}, book_dir=book, rerun=True)
+    assert [r.status for r in runs] == ["rerun", "resume", "train"]
+    # the runner trains only the unfinished ones (no notebook execution here), one log per attempt
     fake_training.clear()
-    summary = R.run_chapters(["exp_optimizers"], "cpu", {"DATASETS": ["mnist"]}, book_dir=book, resume=True,
+    summary = R.run_chapters(["exp_optimizers"], "cpu", {"DATASETS": ["mnist"]}, book_dir=book,
                              execute=False, gpus="none", log_dir=tmp_path / "logs", echo=lambda *a: None)
     assert sorted(fake_training) == ["fig3-mnist-adam", "fig3-mnist-lbfgs"]
     assert sorted(summary["trained"]) == sorted(fake_training)
-    assert (tmp_path / "logs" / "fig3-mnist-adam__cpu.log").exists()
+    assert len(list((tmp_path / "logs").glob("fig3-mnist-adam__cpu__*.log"))) == 1
     fake_training.clear()
-    R.run_chapters(["exp_optimizers"], "cpu", {"DATASETS": ["mnist"]}, book_dir=book, resume=True, execute=False,
+    R.run_chapters(["exp_optimizers"], "cpu", {"DATASETS": ["mnist"]}, book_dir=book, execute=False,
                    gpus="none", log_dir=tmp_path / "logs", echo=lambda *a: None)
     assert fake_training == []  # everything finished: nothing runs
+    R.run_chapters(["exp_optimizers"], "cpu", {"DATASETS": ["mnist"], "OPTIMIZERS": ["sgd"]}, book_dir=book,
+                   execute=False, gpus="none", log_dir=tmp_path / "logs", rerun=True, echo=lambda *a: None)
+    assert fake_training == ["fig3-mnist-sgd"]
+    assert not list(rdir.glob("*.bak")) and not list(rdir.glob(".*.tmp*"))
 
 
 def test_plan_auto_uses_complete_full_groups(tmp_path, fake_training):
     book = tmp_path / "book"
     book.mkdir()
     (book / "exp_optimizers.md").write_text((ROOT / "book" / "exp_optimizers.md").read_text())
-    for c in R.chapter_groups("exp_optimizers", "full", DATASETS=["mnist"])["mnist"].values():
+    for c in P.chapter_groups("exp_optimizers", "full", DATASETS=["mnist"])["mnist"].values():
         E.load_or_run(c, book / "results")
     E.load_or_run(E.get_config("fig3-cifar10-sgd", "full"), book / "results")  # an incomplete full group
     runs, _ = R.plan(["exp_optimizers"], "auto", {}, book_dir=book, resume=True)
@@ -230,24 +243,46 @@ def test_plan_rejects_unknown_parameters(tmp_path):
         R.plan(["exp_nope"], "cpu", {}, book_dir=ROOT / "book")
 
 
-def test_parallel_workers_get_their_device_slot(tmp_path, monkeypatch):
-    """With GPU slots, each configuration trains in a worker process with CUDA_VISIBLE_DEVICES
-    set to its slot (here on the CPU: a smoke run), logged to its own file."""
+def test_local_executor_runs_real_subprocesses(tmp_path, monkeypatch):
+    """``--executor local``: each run trains in a subprocess started by submitit's LocalExecutor
+    (real pickling, real job folders); provenance names the executor, the job id and the node."""
     monkeypatch.setenv("NCLIB_CHECKPOINTS", str(tmp_path / "ckpt"))
     monkeypatch.setenv("NCLIB_SMOKE_RESULTS", str(tmp_path / "smoke"))
-    summary = R.run_chapters(["exp_optimizers"], "smoke", {"DATASETS": ["mnist"], "OPTIMIZERS": ["sgd"], "EPOCHS": 1},
-                             book_dir=ROOT / "book", execute=False, gpus="7", threads=1, log_dir=tmp_path / "logs",
-                             echo=lambda *a: None)
-    assert summary["trained"] == ["fig3-mnist-sgd"] and not summary["failed"]
-    log = (tmp_path / "logs" / "fig3-mnist-sgd__smoke.log").read_text()
-    assert "slot=7" in log and "CUDA_VISIBLE_DEVICES=7" in log
-    cfg = R.chapter_configs("exp_optimizers", "smoke", DATASETS=["mnist"], OPTIMIZERS=["sgd"], EPOCHS=1)[0]
-    assert E.load_or_run(cfg, tmp_path / "smoke", run=False)["final"]["epoch"] == 1
+    lines = []
+    summary = R.run_chapters(["exp_optimizers"], "smoke", {"DATASETS": ["mnist"], "EPOCHS": 1},
+                             book_dir=ROOT / "book", execute=False, gpus="none", workers=2, threads=1,
+                             executor="local", log_dir=tmp_path / "logs", echo=lines.append)
+    assert sorted(summary["trained"]) == ["fig3-mnist-adam", "fig3-mnist-lbfgs", "fig3-mnist-sgd"]
+    assert not summary["failed"]
+    for cfg in P.chapter_configs("exp_optimizers", "smoke", DATASETS=["mnist"], EPOCHS=1):
+        res = E.load_or_run(cfg, tmp_path / "smoke", run=False)
+        job = res["provenance"]["job"]
+        assert job["executor"] == "local" and job["job_id"].isdigit() and int(job["job_id"]) != os.getpid()
+        assert job["node"] and res["final"]["epoch"] == 1
+        log = (tmp_path / "logs" / job["log"]).read_text()
+        assert "executor=local" in log and "epoch 1/1" in log
+        assert "\r" not in log  # one line per logged epoch, no progress bar in a log
+    assert list((tmp_path / "logs" / "submitit").glob("*_log.out"))
+    assert not list((tmp_path / "ckpt").glob("*.pt"))
+
+
+def test_submitit_job_requeues_without_fresh(tmp_path):
+    """The checkpointing hook that submitit calls on preemption/timeout resubmits the same run,
+    never with --fresh, so it resumes from its checkpoint."""
+    cfg = E.get_config("fig3-mnist-sgd", "smoke")
+    job = R.TrainJob(cfg.to_dict(), str(tmp_path), fresh=True, executor="slurm")
+    again = job.checkpoint()
+    assert again.function.kw == dict(job.kw, fresh=False)
+    import pickle
+    assert pickle.loads(pickle.dumps(job)).kw == job.kw
 
 
 def test_gpu_slots():
     assert R._gpu_slots("none", 2) == [None]
     assert R._gpu_slots("0,1", 2) == ["0", "0", "1", "1"]
+    assert R._slots("none", 1, 3) == [None, None, None]
+    with pytest.raises(ValueError, match="'abc' is not a GPU index"):
+        R.parse_gpus("0,abc")
 
 
 # ----------------------------------------------------------------------------- parameter injection
@@ -272,8 +307,8 @@ AUTO_RUN_LIMIT_S = 300
 
 ```{code-cell} ipython3
 import json
-from nclib import runner
-shown = runner.load_chapter("exp_optimizers", PROFILE, RESULTS_DIR, epochs=EPOCHS, DATASETS=DATASETS,
+from nclib import pages
+shown = pages.load_chapter("exp_optimizers", PROFILE, RESULTS_DIR, epochs=EPOCHS, DATASETS=DATASETS,
                             OPTIMIZERS=OPTIMIZERS)
 json.dump(dict(PROFILE=PROFILE, DATASETS=DATASETS, EPOCHS=EPOCHS, cwd=os.getcwd(),
                shown={g: sorted(m) for g, m in shown.groups.items()}), open("probe.json", "w"))
@@ -313,14 +348,13 @@ def test_cli_errors(capsys):
 
 def test_cli_dry_run_and_list(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(R, "model_flops", lambda config: 1e8)
     assert cli.main(["run", "exp_design", "--profile", "full", "--dry-run", "-p", "SETUPS", "['mnist-resnet18']",
                      "-p", "VARIANTS", "['etf']"]) == 0
     out = capsys.readouterr().out
     assert "fig7-mnist-resnet18-etf" in out and "fig7-mnist-resnet18-dk" not in out and "total estimated" in out
     assert cli.main(["run", "--list"]) == 0
     out = capsys.readouterr().out
-    for ch in R.chapter_names():
+    for ch in P.chapter_names():
         assert ch in out
     assert out.count("fig3-") == 6 and "full" in out and "cpu" in out
 
@@ -329,52 +363,52 @@ def test_cli_dry_run_and_list(capsys, monkeypatch):
 def test_model_flops_hand_count():
     cfg = E.get_config("fig5-mlp-w1", "smoke")  # MLP depth 4, width 8: Linear layers only (BN not counted)
     w = cfg.width
-    assert R.model_flops(cfg) == 2 * (3072 * w + 3 * w * w + w * 10)
+    assert CO.model_flops(cfg) == 2 * (3072 * w + 3 * w * w + w * 10)
 
 
 def test_estimate_seconds_formula(monkeypatch):
-    monkeypatch.setattr(R, "model_flops", lambda config: 1e9)
-    monkeypatch.setitem(R.THROUGHPUT, "cpu", dict(train=3e9, eval=1e9, step=0.0))
-    c = E.get_config("fig3-mnist-sgd", "cpu")  # 100 per class, 100 test per class, all epochs logged
-    n, nt = 1000, 1000
-    assert R.estimate_seconds(c, "cpu") == pytest.approx(n * c.epochs + (n + nt) * c.epochs)
-    lb = E.get_config("fig3-mnist-lbfgs", "cpu")  # 25 function evaluations per step
-    assert R.estimate_seconds(lb, "cpu") == pytest.approx(25 * 300 * lb.epochs + 1300 * lb.epochs)
+    monkeypatch.setattr(CO, "model_flops", lambda config, count=True: 1e9)
+    monkeypatch.setitem(CO.THROUGHPUT, "cpu", dict(train=3e9, eval=1e9, step=0.0))
+    c = E.get_config("fig3-mnist-sgd", "cpu").replace(log_epochs="all")
+    n, nt = CO.dataset_sizes(c)
+    assert CO.estimate_seconds(c, "cpu", calibrated=False) == pytest.approx(n * c.epochs + (n + nt) * c.epochs)
+    lb = E.get_config("fig3-mnist-lbfgs", "cpu").replace(log_epochs="all")  # 25 function evaluations per step
+    assert CO.estimate_seconds(lb, "cpu", calibrated=False) == pytest.approx(25 * n * lb.epochs + (n + nt) * lb.epochs)
     with pytest.raises(ValueError, match="device class"):
-        R.estimate_seconds(c, "tpu")
+        CO.estimate_seconds(c, "tpu")
 
 
 def test_describe_data_is_honest_about_the_jpeg_copy():
     c = E.get_config("fig3-cifar10-sgd", "cpu")
-    assert R.describe_data(c).startswith("CIFAR-10 (JPEG q75 copy), a balanced subset of 100 per class")
-    assert "random labels" in R.describe_data(E.get_config("fig5-mlp-w1", "cpu").to_dict())
-    assert R.describe_data(E.get_config("fig3-mnist-sgd", "full")).startswith("MNIST, all 60,000")
-    assert R.describe_run(E.get_config("fig3-mnist-sgd", "full")) == \
+    assert P.describe_data(c).startswith("CIFAR-10 (JPEG q75 copy), a balanced subset of 500 per class")
+    assert "random labels" in P.describe_data(E.get_config("fig5-mlp-w1", "cpu").to_dict())
+    assert P.describe_data(E.get_config("fig3-mnist-sgd", "full")).startswith("MNIST, all 60,000")
+    assert P.describe_run(E.get_config("fig3-mnist-sgd", "full")) == \
         "ResNet18, SGD lr 0.05, batch 256, 200 epochs, lr x0.1 every 40 epochs"
-    assert R.describe_run(E.get_config("fig3-mnist-lbfgs", "full")).endswith("no schedule")
+    assert P.describe_run(E.get_config("fig3-mnist-lbfgs", "full")).endswith("no schedule")
 
 
 def test_parameter_savings_match_the_paper():
     """Counted from the models; the paper's percentages (Section 4.3) and exact counts (ANCHORS)."""
-    dk = R.dk_savings(("resnet18", "resnet50"))
+    dk = M.dk_savings(("resnet18", "resnet50"))
     assert [(r["params"], r["params_dk"]) for r in dk] == [(11_181_642, 8_867_542), (23_528_522, 22_481_110)]
     assert [round(r["saving_percent"], 2) for r in dk] == [20.70, 4.45]
-    fx = R.fixed_classifier_savings(("resnet50",))
+    fx = M.fixed_classifier_savings(("resnet50",))
     assert fx[0]["classifier_weight"] == 2048 * 1000 and round(fx[0]["saving_percent"], 2) == 8.01
     with pytest.raises(ValueError, match="unknown torchvision model"):
-        R.fixed_classifier_savings(("shufflenet_v1",))
+        M.fixed_classifier_savings(("shufflenet_v1",))
 
 
 def test_results_table(tmp_path, fake_training):
     E.load_or_run(E.get_config("fig3-mnist-sgd", "cpu"), tmp_path)
-    R.copy_equivalent(E.get_config("fig6-mnist-all", "cpu"), tmp_path)
+    P.copy_equivalent(E.get_config("fig6-mnist-all", "cpu"), tmp_path)
     E.load_or_run(E.get_config("fig3-mnist-sgd", "full"), tmp_path)
-    rows = R.results_table(tmp_path, profile="cpu").splitlines()
+    rows = P.results_table(tmp_path, profile="cpu").splitlines()
     assert len(rows) == 4 and rows[0].startswith("| run | profile")
-    assert rows[2].startswith("| fig3-mnist-sgd | cpu | MNIST, a balanced subset of 100 per class")
+    assert rows[2].startswith("| fig3-mnist-sgd | cpu | MNIST, a balanced subset of 500 per class")
     assert "| 42 s |" in rows[2] and "| 100.0% | 90.0% |" in rows[2]
     assert rows[3].startswith("| fig6-mnist-all (copy of fig3-mnist-sgd) | cpu")
-    assert len(R.results_table(tmp_path).splitlines()) == 5
+    assert len(P.results_table(tmp_path).splitlines()) == 5
 
 
 def test_cli_results(tmp_path, fake_training, capsys):
@@ -382,3 +416,4 @@ def test_cli_results(tmp_path, fake_training, capsys):
     assert cli.main(["results", "--results-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3 and out[2].startswith("| fig5-mlp-w1 | cpu | CIFAR-10 (JPEG q75 copy)")
+    assert out[2].endswith("| local |")
