@@ -22,9 +22,11 @@ Results and checkpoints go to a scratch folder (a temporary one, removed afterwa
 returns 0, or 1 when any configuration failed (they are named at the end).  The command line
 ``python -m nclib run --profile full --trial`` calls it.
 
-``max_per_class`` caps the cut further, training and test images per class (a test uses it to
-keep every code path alive in CI within a couple of minutes; the cut is then below two batches and
-the line says so).
+Without CUDA the default ``max_per_class="auto"`` cuts the configurations that would take more
+than :data:`CPU_SECONDS_PER_CONFIG` on one CPU core further (two batches of 2048 images through
+L-BFGS's 25 function evaluations, or of 128 through a ResNet50 with the 3x3 stem, take minutes
+each), below two batches; their lines say so, and the code path is the same.  An integer caps every
+configuration (a test uses 2 to keep every code path alive in CI within a couple of minutes).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ import tempfile
 import time
 import traceback
 
-__all__ = ["STAND_INS", "TEST_PER_CLASS", "dataset_on_machine", "trial_config", "run_trial"]
+__all__ = ["STAND_INS", "TEST_PER_CLASS", "CPU_SECONDS_PER_CONFIG", "dataset_on_machine", "stand_in", "trial_config", "run_trial"]
 
 #: Stand-ins, in order of preference, for a dataset that is not on the machine.
 STAND_INS = {"cifar10": ("cifar10-jpeg", "digits"), "mnist": ("digits",), "fashionmnist": ("digits",),
@@ -68,7 +70,7 @@ def dataset_on_machine(name: str, root=None) -> bool:
     return False
 
 
-def _stand_in(name: str, root=None) -> str | None:
+def stand_in(name: str, root=None) -> str | None:
     """The dataset to use for ``name``: itself when on the machine, else the first stand-in present."""
     if dataset_on_machine(name, root):
         return name
@@ -78,7 +80,31 @@ def _stand_in(name: str, root=None) -> str | None:
     return None
 
 
-def trial_config(config, dataset: str | None = None, max_per_class: int | None = None):
+#: On a machine without CUDA, ``max_per_class="auto"`` cuts a configuration further when the two-batch
+#: cut would take longer than this (estimated by :func:`nclib.costs.model_flops` and
+#: :data:`nclib.costs.THROUGHPUT`), so that the whole trial takes minutes on one CPU core.
+CPU_SECONDS_PER_CONFIG = 20.0
+
+
+def _cpu_cap(config, per_class: int) -> int:
+    """The largest count per class <= ``per_class`` whose estimated one-thread CPU time of one
+    epoch (training pass, L-BFGS: 25 function evaluations; metrics pass over train and test set)
+    stays within :data:`CPU_SECONDS_PER_CONFIG`; at least 1."""
+    from . import costs
+    thr = costs.THROUGHPUT["cpu"]
+    f = costs.model_flops(config)
+    evals = 25 if config.optimizer == "lbfgs" else 1
+
+    def cost(p):
+        return 10 * p * (3 * f * evals / thr["train"] + f / thr["eval"]) + 10 * min(TEST_PER_CLASS, p) * f / thr["eval"]
+
+    p = per_class
+    while p > 1 and cost(p) > CPU_SECONDS_PER_CONFIG:
+        p = max(1, int(p * 0.8))
+    return p
+
+
+def trial_config(config, dataset: str | None = None, max_per_class=None):
     """The trial version of ``config``: its data cut to two batches (L-BFGS: one), one epoch, and
     ``dataset`` (a stand-in) when given.  Returns (config, description of the cut)."""
     from . import data as D
@@ -95,6 +121,11 @@ def trial_config(config, dataset: str | None = None, max_per_class: int | None =
     if ds == "digits":
         capped = per_class > _DIGITS_MIN[0]
         per_class, n_test = min(per_class, _DIGITS_MIN[0]), min(n_test, _DIGITS_MIN[1])
+    auto = max_per_class == "auto"
+    if auto:
+        max_per_class = _cpu_cap(config.replace(dataset=ds), per_class)
+        if max_per_class >= per_class:
+            max_per_class = None
     if max_per_class is not None:
         n_test = min(n_test, int(max_per_class))
         if per_class > max_per_class:
@@ -106,7 +137,8 @@ def trial_config(config, dataset: str | None = None, max_per_class: int | None =
                          log_epochs=log_epochs)
     what = f"{n} train images = {n_batches} batch{'es' if n_batches > 1 else ''} of <= {config.batch_size}"
     if capped:
-        what += f" (capped at {per_class}/class, below {batches} full batch{'es' if batches > 1 else ''})"
+        what += (f" (capped at {per_class}/class{' to fit a CPU' if auto else ''}, below {batches} full "
+                 f"batch{'es' if batches > 1 else ''})")
     return cut, what + f", {n_test * K} test, 1 epoch"
 
 
@@ -142,12 +174,17 @@ def _check_results(res: dict) -> str:
 
 
 def run_trial(profile: str = "full", names=None, scratch_dir=None, device=None, echo=print, *,
-              max_per_class: int | None = None, keep: bool = False) -> int:
+              max_per_class="auto", keep: bool = False) -> int:
     """Run every configuration of ``profile`` (or only ``names``) once, cut to two batches (L-BFGS:
     one) and one epoch, through :func:`nclib.experiments.load_or_run` into a scratch folder (see the
     module docstring).  ``echo`` gets one line per configuration and a summary.  Returns 0 when all
     ran, 1 when any failed (named in the summary).  The scratch folder is removed afterwards unless
-    ``scratch_dir`` was given or ``keep`` is true."""
+    ``scratch_dir`` was given or ``keep`` is true.
+
+    ``max_per_class``: ``"auto"`` (default) keeps the two-batch cut on CUDA and, elsewhere, cuts a
+    configuration further when its estimated CPU time exceeds :data:`CPU_SECONDS_PER_CONFIG` (the
+    L-BFGS runs, the ResNet50s, the 3x3-stem ResNet18s), saying so on its line; an integer caps
+    every configuration (training and test images per class); None never caps."""
     from . import experiments as E
     from . import train as T
     from .configs import get_config, list_configs
@@ -170,7 +207,7 @@ def run_trial(profile: str = "full", names=None, scratch_dir=None, device=None, 
         for name in names:
             t0 = time.perf_counter()
             config = get_config(name, profile)
-            ds = _stand_in(config.dataset)
+            ds = stand_in(config.dataset)
             note = ""
             if ds is None:
                 failed.append(name)
@@ -181,7 +218,8 @@ def run_trial(profile: str = "full", names=None, scratch_dir=None, device=None, 
                 note = (f"{_LABELS.get(config.dataset, config.dataset)} not on this machine: stand-in "
                         f"{_LABELS.get(ds, ds)}; ")
             try:
-                cut, what = trial_config(config, ds, max_per_class)
+                cap = max_per_class if (max_per_class != "auto" or dev.type != "cuda") else None
+                cut, what = trial_config(config, ds, cap)
                 res = E.load_or_run(cut, results_dir, device=dev, checkpoint_dir=ckpt_dir, progress=False)
                 summary = _check_results(res)
             except Exception as exc:  # noqa: BLE001 -- every failure is reported, none stops the trial
