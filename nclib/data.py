@@ -38,6 +38,7 @@ import pathlib
 import shutil
 import tarfile
 import tempfile
+import zlib
 from typing import Iterator
 
 import numpy as np
@@ -360,18 +361,15 @@ def _jpeg_dir(root: pathlib.Path) -> pathlib.Path:
     if (target / "COMPLETE").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
+    _clean_stale_extractions(target.parent)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".extract-{os.getpid()}-", dir=target.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
     try:
-        with tarfile.open(archive, "r:gz") as tf:
-            try:
-                tf.extractall(tmp, filter="data")  # refuses absolute paths, '..', links out
-            except TypeError:  # a Python without extraction filters (before 3.9.17 / 3.10.12 / 3.11.4)
-                bad = [m.name for m in tf.getmembers() if m.name.startswith(("/", "\\")) or ".." in m.name.split("/")
-                       or not (m.isfile() or m.isdir())]
-                if bad:
-                    raise RuntimeError(f"cifar10-jpeg: refusing unsafe archive members {bad[:5]} in {archive}")
-                tf.extractall(tmp)
+        try:
+            _extract(archive, tmp)
+        except (EOFError, tarfile.TarError, OSError, zlib.error) as exc:
+            raise RuntimeError(f"cifar10-jpeg: archive {archive} is truncated or corrupt ({type(exc).__name__}: "
+                               f"{str(exc) or 'unexpected end of data'}); copy it again") from None
         (tmp / "COMPLETE").write_text(str(archive) + "\n")
         try:
             os.replace(tmp, target)
@@ -382,6 +380,41 @@ def _jpeg_dir(root: pathlib.Path) -> pathlib.Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _clean_stale_extractions(folder: pathlib.Path) -> None:
+    """Remove ``.extract-PID-*`` folders of extractions whose process is gone (a killed run),
+    and old-style ``.extract-*`` folders older than an hour."""
+    import time
+    for p in folder.glob(".extract-*"):
+        parts = p.name.split("-")
+        try:
+            pid = int(parts[1])
+            alive = True
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:
+                pass
+            stale = pid != os.getpid() and not alive
+        except (IndexError, ValueError):
+            stale = time.time() - p.stat().st_mtime > 3600
+        if stale:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _extract(archive: pathlib.Path, tmp: pathlib.Path) -> None:
+    """Extract the tar.gz ``archive`` into ``tmp``, refusing unsafe members."""
+    with tarfile.open(archive, "r:gz") as tf:
+        try:
+            tf.extractall(tmp, filter="data")  # refuses absolute paths, '..', links out
+        except TypeError:  # a Python without extraction filters (before 3.9.17 / 3.10.12 / 3.11.4)
+            bad = [m.name for m in tf.getmembers() if m.name.startswith(("/", "\\")) or ".." in m.name.split("/")
+                   or not (m.isfile() or m.isdir())]
+            if bad:
+                raise RuntimeError(f"cifar10-jpeg: refusing unsafe archive members {bad[:5]} in {archive}")
+            tf.extractall(tmp)
 
 
 def _decode_rgb(path) -> np.ndarray:
