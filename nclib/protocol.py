@@ -301,8 +301,7 @@ def generated_column(figure: str, profile: str) -> dict:
 # (paper, authors' code, why they differ); file:line refer to AUTHORS_COMMIT.  The cpu column's
 # numbers are not repeated here (they are generated); these say why it differs.
 _CPU_SIZE = "cpu: narrower networks and balanced subsets, so that a run fits one CPU core"
-_CPU_RECIPE = ("cpu: the cpu recipe (more steps before the first decay, stronger decay), chosen so that the "
-               "small runs reach the terminal phase on one core")
+_CPU_RECIPE = "cpu: the cpu recipe, chosen so that the small runs reach the terminal phase"
 _SAME_FIG3_EVAL = (
     "NC1-NC4, eqs. (7)-(10), of the training features (Sec. 4, 'Metrics'); Fig. 4: train and test accuracy",
     "validate_NC.py: every epoch 1-200 reloaded from its checkpoint (l.191-194), model.eval(), the un-augmented "
