@@ -62,7 +62,7 @@ def torch_lbfgs(K, n, widths, lams, activation, seed, tol, max_iter):
         gn = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in P))
         if gn <= tol:
             break
-    return time.perf_counter() - t0, it, float(v), gn
+    return time.perf_counter() - t0, it, float(v.detach()), gn
 
 
 def timing(args):
