@@ -389,18 +389,18 @@ def _residual_pass(src: _Source, K, means, Q, Wn=None, bn=None, want_ncc=False, 
     if wd == torch.float32 and not bool(torch.isfinite(Zt).all()):  # float32 overflow: redo in float64
         return _residual_pass(src, K, means, Q, Wn, bn, want_ncc, force64=True)
     y = src.y
-    Zd = Zt.to(torch.float64)
-    G = Zd[:q] @ Zd[:q].T
-    zsum = torch.zeros(p, K, dtype=torch.float64, device=dev).index_add_(1, y, Zd).T
+    Zd = Zt.T.contiguous().to(torch.float64)  # N x p, row-major: fast row-wise argmax/argmin
+    G = Zd[:, :q].T @ Zd[:, :q]
+    zsum = torch.zeros(K, p, dtype=torch.float64, device=dev).index_add_(0, y, Zd)
     correct = mismatch = 0
     net = None
     if use_pred:
         net = torch.cat(src.preds)
     elif Wn is not None:
-        net = L0[y].add_(Zd[q:].T).argmax(1)  # (N, K) contiguous: a fast argmax
+        net = L0[y].add_(Zd[:, q:]).argmax(1)
         correct = int((net == y).sum())
     if want_ncc and net is not None:
-        score = torch.addmm(D2[y], Zd[:q].T, E2, alpha=-1.0)
+        score = torch.addmm(D2[y], Zd[:, :q], E2, alpha=-1.0)
         mismatch = int((net != score.argmin(1)).sum())
     counts = torch.bincount(y, minlength=K).to(torch.float64)
     SW = G - (zsum[:, :q] / counts[:, None]).T @ zsum[:, :q]
