@@ -310,7 +310,7 @@ _SAME_FIG3_EVAL = (
     "add the test set's NC. cpu: log-spaced epochs of shorter runs")
 _PRECISION = (
     "not stated",
-    "torch 1.6, CUDA 11.0 (README l.12-20): float32; TF32 came with torch 1.7",
+    "torch 1.6, CUDA 11.0 (README l.13-20): float32; TF32 came with torch 1.7",
     "full = the authors (strict float32); precision='tf32' or 'bf16' are opt-in switches used by no "
     "configuration; what they change in NC1-NC4 has not been measured (no GPU in this project)")
 _SEED = (
