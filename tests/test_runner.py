@@ -417,3 +417,34 @@ def test_cli_results(tmp_path, fake_training, capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3 and out[2].startswith("| fig5-mlp-w1 | cpu | CIFAR-10 (JPEG q75 copy)")
     assert out[2].endswith("| local |")
+
+
+# ----------------------------------------------------------------------------- costs without torch
+def test_flops_table_matches_the_counter():
+    """Every entry of the FLOPs table (used so that --list never imports torch) recounted."""
+    import dataclasses
+    base = E.get_config("fig3-mnist-sgd", "smoke")
+    for (model, width, depth, fd, stem), flops in CO.FLOPS_TABLE.items():
+        cfg = dataclasses.replace(base, model=model, width=width, depth=depth, feature_dim=fd, stem=stem)
+        assert CO.count_flops(cfg) == flops, (model, width, depth, fd, stem)
+    for p in E.PROFILES:  # every named run is in the table
+        for n in E.list_configs(profile=p):
+            CO.model_flops(E.get_config(n, p), count=False)
+
+
+def test_estimates_are_calibrated_by_stored_runs_and_the_gpu_check(tmp_path, fake_training, monkeypatch):
+    c = E.get_config("fig3-mnist-sgd", "cpu")
+    E.load_or_run(c, tmp_path / "r")  # the fake stores wall_time_s = 42
+    f = E.get_config("fig3-mnist-adam", "full")
+    (tmp_path / "gpu_check.json").write_text(json.dumps(dict(
+        device="H200", date="2026-12-01", torch="2.x", total_hours=1.0,
+        configs={f.name: dict(seconds_per_epoch=1.0, eval_seconds=1.0, projected_hours=0.5)})))
+    cal = CO.calibration(str(tmp_path / "r"), str(tmp_path / "gpu_check.json"))
+    raw = CO.raw_estimate_seconds(c, "cpu")
+    assert cal["cpu"]["sgd"] == pytest.approx(42.0 / raw)
+    assert cal["gpu"]["adam"] == pytest.approx(1800.0 / CO.raw_estimate_seconds(f, "gpu"))
+    monkeypatch.setattr(CO, "calibration", lambda: cal)
+    assert CO.estimate_seconds(c) == 42.0  # the stored run's own time
+    assert CO.estimate_seconds(f) == 1800.0  # the benchmark's projection
+    other = E.get_config("fig3-cifar10-sgd", "cpu")
+    assert CO.estimate_seconds(other) == pytest.approx(CO.raw_estimate_seconds(other, "cpu") * 42.0 / raw)
