@@ -210,3 +210,13 @@ def test_one_vs_rest_distance_hand_made():
     E = etf.simplex_etf(K, K)
     # facet centroid is -u_k/(K-1): distance 1 + 1/(K-1)
     assert D.one_vs_rest_distance(E) == pytest.approx(1 + 1 / (K - 1), abs=1e-8)
+
+
+def test_nonnegative_ufm_reaches_orthogonal_frame_value():
+    # the orthogonal-frame configuration costs the unconstrained minimum with lambda_H -> lambda_H K/(K-1)
+    K, n, lams = 3, 2, (5e-3, 5e-3, 5e-3)
+    of_value = ufm.closed_form(K, n, lams[0], lams[1] * K / (K - 1), lams[2]).value
+    r = D.solve(K, n, [2 * K], lambdas=lams, loss="ce", nonnegative=True, seed=0, tol=1e-9)
+    assert r.value == pytest.approx(of_value, abs=1e-9)
+    M = r.H1.reshape(K, n, -1).mean(axis=1)
+    assert D.frame_distances(M)[1] < 1e-6
