@@ -431,12 +431,12 @@ class RunLock:
         self.release()
 
 
-_TMP_PID = re.compile(r"\.tmp(\d+)$|\.partial(\d+)$|^\.extract-(\d+)-|^\.nclib-write-test-.*-(\d+)$")
+_TMP_PID = re.compile(r"\.tmp(\d+)$|\.partial(\d+)\.ipynb$|^\.extract-(\d+)-|^\.nclib-write-test-.*-(\d+)$")
 
 
 def clean_stale(*folders) -> list:
     """Remove temporaries left by processes that are gone: ``*.tmpPID`` (results, checkpoints
-    ``*.pt.tmpPID``), ``*.partialPID`` (executed notebooks), ``.extract-PID-*`` (dataset
+    ``*.pt.tmpPID``), ``*.partialPID.ipynb`` (executed notebooks), ``.extract-PID-*`` (dataset
     extraction), write probes -- when PID is not a live process of this host and the file is
     older than a minute, or when older than a day in any case (another host's) -- and
     empty ``tmp*`` folders of older versions.  Returns the removed paths."""
@@ -729,7 +729,7 @@ def _execute_chapter(ch, prm, book_dir, out, log_dir, echo):
     import jupytext
     import papermill as pm
     nb = jupytext.read(str(pathlib.Path(book_dir) / f"{ch}.md"))
-    partial = out.with_name(f".{out.name}.partial{os.getpid()}")
+    partial = out.with_name(f".{out.stem}.partial{os.getpid()}.ipynb")
     log = pathlib.Path(log_dir) / f"{ch}.notebook.{_stamp()}.log"
     echo(f"executing {ch} with {prm} -> {out} (log {log})")
     t0 = time.time()

@@ -356,7 +356,7 @@ def _dead_pid() -> int:
 def test_stale_temporaries_of_dead_processes_are_cleaned(tmp_path):
     dead, old = _dead_pid(), time.time() - 3600
     stale = [tmp_path / f".x__cpu__abc.json.tmp{dead}", tmp_path / f"x__cpu__abc.pt.tmp{dead}",
-             tmp_path / f".exp.ipynb.partial{dead}"]
+             tmp_path / f".exp.partial{dead}.ipynb"]
     live = [tmp_path / f"y.pt.tmp{os.getpid()}", tmp_path / f".y.json.tmp{os.getppid()}"]
     for p in stale + live:
         p.write_bytes(b"partial")

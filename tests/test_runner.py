@@ -74,7 +74,7 @@ def test_chapter_groups_names_and_overrides():
     ufm = P.chapter_groups("exp_ufm_validity", "smoke", FIG5_MODELS=["mlp"], FIG5_WIDTHS=[1, 4])
     v6 = list(P.CHAPTERS["exp_ufm_validity"]["params"]["FIG6_VARIANTS"][0])
     assert {k: list(v) for k, v in ufm.items()} == {"fig5-mlp": ["w1", "w4"], "fig6-mnist": v6, "fig6-cifar10": v6}
-    design = P.chapter_configs("exp_design", "cpu", SETUPS=["cifar10-resnet50"], VARIANTS=["etf"])
+    design = P.chapter_configs("exp_design", "full", SETUPS=["cifar10-resnet50"], VARIANTS=["etf"])
     assert [c.name for c in design] == ["fig7-cifar10-resnet50-etf"] and design[0].fixed_classifier == "etf"
 
 
@@ -96,6 +96,8 @@ def test_chapter_parameters_match_the_notebooks():
     """The runner's parameter names are exactly those of each chapter's parameters cell."""
     for ch in P.chapter_names():
         nb_params = R.notebook_parameters(ROOT / "book" / f"{ch}.md")
+        if "PROFILE" not in nb_params:  # not (yet) an experiment page, e.g. a theory chapter of that name
+            continue
         assert set(P.chapter_parameters(ch)) <= set(nb_params), ch
         for k, v in P.chapter_parameters(ch).items():
             if k != "PROFILE":
@@ -105,7 +107,7 @@ def test_chapter_parameters_match_the_notebooks():
 def test_training_key_finds_equivalent_runs():
     for p in ("smoke", "cpu", "full"):
         sgd = E.get_config("fig3-mnist-sgd", p)
-        for other in ("fig6-mnist-all", "fig7-mnist-resnet18-learned"):
+        for other in ("fig6-mnist-all",) + (("fig7-mnist-resnet18-learned",) if p != "full" else ()):
             o = E.get_config(other, p)
             # independent check: the configurations differ only in name, figure and label
             diff = {k for k, v in sgd.to_dict().items() if o.to_dict()[k] != v}
@@ -384,7 +386,7 @@ def test_describe_data_is_honest_about_the_jpeg_copy():
     assert "random labels" in P.describe_data(E.get_config("fig5-mlp-w1", "cpu").to_dict())
     assert P.describe_data(E.get_config("fig3-mnist-sgd", "full")).startswith("MNIST, all 60,000")
     assert P.describe_run(E.get_config("fig3-mnist-sgd", "full")) == \
-        "ResNet18, SGD lr 0.05, batch 256, 200 epochs, lr x0.1 every 40 epochs"
+        "ResNet18, SGD lr 0.05, batch 256, 200 epochs, lr x0.1 every 40 epochs, weight decay 0.0005 on all parameters"
     assert P.describe_run(E.get_config("fig3-mnist-lbfgs", "full")).endswith("no schedule")
 
 
