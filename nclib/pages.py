@@ -93,11 +93,11 @@ def _g_design(p):
 
 
 def _g_losses(p):
-    return {"losses": {w: f"loss-mnist-{w}" for w in p["LOSSES"]}}
+    return {"losses": {w: f"loss-mnist-{w}" for w in p["RUN_LOSSES"]}}
 
 
 def _g_imbalance(p):
-    return {"imbalance": {f"r{r}": f"imb-mnist-r{r}" for r in p["RATIOS"]}}
+    return {"imbalance": {f"r{r}": f"imb-mnist-r{r}" for r in p["RUN_RATIOS"]}}
 
 
 #: chapter -> title, its own parameters (names as in its ``parameters`` cell) with their
@@ -123,10 +123,10 @@ CHAPTERS = {
         groups=_g_design),
     "other_losses": dict(
         title="Other losses: MSE, label smoothing, focal", figures=("loss",),
-        params=dict(LOSSES=(["ce", "mse", "ls"], ("ce", "mse", "ls"))), groups=_g_losses),
+        params=dict(RUN_LOSSES=(["ce", "mse", "ls"], ("ce", "mse", "ls"))), groups=_g_losses),
     "imbalance": dict(
         title="Imbalanced classes and minority collapse", figures=("imb",),
-        params=dict(RATIOS=([1, 10, 50], (1, 10, 50))), groups=_g_imbalance),
+        params=dict(RUN_RATIOS=([1, 10, 50], (1, 10, 50))), groups=_g_imbalance),
 }
 
 #: parameters every experiment chapter has (besides its own): name -> default.
