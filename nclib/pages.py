@@ -424,6 +424,11 @@ def load_chapter(chapter: str, profile: str = "auto", results_dir="results", *, 
         profiles[g] = prof
         rdir = results_dir_for(prof, results_dir)
         out[g] = {}
+        if g not in groups_by[prof]:  # e.g. ResNet50 has no cpu profile
+            for c in groups_by["full"][g].values():
+                missing[c.name] = (f"no stored full-profile result, and the run has no {prof!r} profile "
+                                   f"(see nclib.configs)")
+            continue
         for m, c in groups_by[prof][g].items():
             res = _stored(c, rdir)
             src = "stored"
@@ -457,7 +462,8 @@ def load_chapter(chapter: str, profile: str = "auto", results_dir="results", *, 
         for res in mem.values():
             lines.append(f"  - [{profiles[g]}, {sources[res['config']['name']]}] {provenance_line(res)}")
     for name, why in missing.items():
-        lines.append(f"  - MISSING {name}: {why}. Run: python -m nclib run {chapter} --profile cpu --resume")
+        prof = "full" if "has no" in why else "cpu"
+        lines.append(f"  - MISSING {name}: {why}. Run: python -m nclib run {chapter} --profile {prof}")
     return ChapterResults(requested=profile, groups=out, profiles=profiles, sources=sources, missing=missing,
                           note="\n".join(lines))
 
@@ -526,6 +532,12 @@ def terminal_phase_checks(res: dict) -> list:
     return [dict(target=a, value=float(v), threshold=float(th), met=bool(ok)) for a, v, th, ok in rows]
 
 
+def _fmt_check(c: dict, key: str = "value") -> str:
+    """A check's value (or threshold) as text: accuracies in percent with two decimals."""
+    v = c[key]
+    return f"{100 * v:.2f}%" if c["target"].startswith("train acc") else f"{v:.3g}"
+
+
 def targets_table(runs: dict):
     """A pandas DataFrame: one row per run (``runs``: label -> results dict), one column per
     terminal-phase target (:func:`terminal_phase_checks`), cells "value (met)" / "value (MISSED)",
@@ -534,7 +546,7 @@ def targets_table(runs: dict):
     rows = {}
     for label, res in runs.items():
         checks = terminal_phase_checks(res)
-        row = {c["target"]: f"{c['value']:.3g} ({'met' if c['met'] else 'MISSED'})" for c in checks}
+        row = {c["target"]: f"{_fmt_check(c)} ({'met' if c['met'] else 'MISSED'})" for c in checks}
         row["all met"] = "yes" if all(c["met"] for c in checks) else "no"
         rows[label] = row
     return pd.DataFrame.from_dict(rows, orient="index")
@@ -579,7 +591,7 @@ def summary_markdown(runs: dict, profiles: dict) -> str:
         if not bad:
             met.append(label)
         else:
-            parts = "; ".join(f"{c['target']} = {c['value']:.3g} against {c['threshold']:g}" for c in bad)
+            parts = "; ".join(f"{c['target']}: {_fmt_check(c)} against {_fmt_check(c, 'threshold')}" for c in bad)
             missed.append(f"{label} ({parts})")
     out = []
     n = len(runs)

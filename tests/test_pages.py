@@ -54,7 +54,7 @@ def test_tables_and_summary():
     assert f.loc["a", "NC1 train"] == "0.004" and f.loc["a", "NC1 test"] == "0.04"
     assert f.loc["a", "paper test acc (full data)"] == "99.60%" and f.loc["b", "paper test acc (full data)"] == "-"
     s = pages.summary_markdown(runs, {"a": "cpu", "b": "cpu"})
-    assert "1 of the 2 runs shown meet every terminal-phase target" in s and "NC3 final = 0.5 against 0.15" in s
+    assert "1 of the 2 runs shown meet every terminal-phase target" in s and "NC3 final: 0.5 against 0.15" in s
     assert "10 to 10 times its training-set value" in s
     assert "smoke" in pages.summary_markdown(runs, {"a": "smoke", "b": "smoke"})
 
