@@ -67,6 +67,7 @@ __all__ = [
     "final_metrics_table",
     "summary_markdown",
     "load_runs",
+    "recipe_search_trials",
 ]
 
 PROFILES = ("auto",) + tuple(E.PROFILES)
@@ -642,3 +643,15 @@ def load_runs(names, profile: str = "auto", results_dir="results") -> dict:
                 break
         out[name] = res
     return out
+
+
+def recipe_search_trials(results_dir="results") -> list:
+    """The trials of ``tools/recipe_search.py`` (one dict per line of ``recipe_search.jsonl``),
+    read from ``results_dir``, else from the repository's ``book/results`` beside this package
+    (e.g. when a test runs the chapter from a scratch folder); [] when neither has the file."""
+    for d in (pathlib.Path(results_dir), pathlib.Path(__file__).resolve().parents[1] / "book" / "results"):
+        p = d / "recipe_search.jsonl"
+        if p.exists():
+            with open(p) as f:
+                return [json.loads(line) for line in f if line.strip()]
+    return []
