@@ -468,7 +468,7 @@ def clean_stale(*folders) -> list:
 
 # ----------------------------------------------------------------------------- one run
 def _stamp() -> str:
-    return datetime.datetime.now().strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+    return datetime.datetime.now().strftime("%Y%m%dT%H%M%S%f") + f"-{os.getpid()}"
 
 
 def _job_info(executor: str) -> dict:

@@ -336,11 +336,14 @@ def test_trial_is_wired_to_nclib_trial(monkeypatch, capsys):
         return 0
 
     fake.run_trial = run_trial
+    import nclib
     monkeypatch.setitem(sys.modules, "nclib.trial", fake)
+    monkeypatch.setattr(nclib, "trial", fake, raising=False)  # an earlier import left the real one there
     monkeypatch.chdir(ROOT)
     assert cli.main(["run", "--profile", "full", "--trial", "-p", "DEVICE", "cpu"]) == 0
     assert seen == dict(profile="full", names=None, device="cpu")
     monkeypatch.setitem(sys.modules, "nclib.trial", None)  # the module is not there
+    monkeypatch.delattr(nclib, "trial", raising=False)
     assert cli.main(["run", "--profile", "full", "--trial"]) == 2
     assert "--trial needs nclib/trial.py" in capsys.readouterr().err
 
