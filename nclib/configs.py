@@ -52,6 +52,7 @@ __all__ = [
     "PROFILES",
     "CPU_WEIGHT_DECAY",
     "CPU_MILESTONES",
+    "CPU_LR",
     "ExperimentConfig",
     "list_configs",
     "get_config",
@@ -173,6 +174,10 @@ CPU_EPOCHS = 150
 CPU_MILESTONES = (70, 120)
 #: L-BFGS in the cpu recipe: batch, epochs, weight decay (chosen on training metrics, see module doc).
 CPU_LBFGS = dict(batch_size=2500, epochs=8, weight_decay=5e-3)
+#: Learning rates of the cpu recipe.  SGD at the paper's 0.05 under weight decay 1e-2 stays below
+#: 50% CIFAR-10 train accuracy until its first step (trial ``cpu-batch-1-cifar``); at 0.01 the
+#: trial ``c-lr1e-2-wd1e-2`` (training metrics only) ends with a far lower NC1 and met every target.
+CPU_LR = {"sgd": 0.01, "adam": 1e-3}
 _CPU_WIDTH = 0.25
 _CPU_N, _CPU_NTEST = 500, 100
 
@@ -190,7 +195,7 @@ def _base(profile: str, dataset_kind: str, optimizer: str) -> dict:
         if optimizer == "lbfgs":
             return dict(common, lr=0.1, lr_step=None, **CPU_LBFGS)
         return dict(common, epochs=CPU_EPOCHS, lr_step=None, lr_milestones=CPU_MILESTONES,
-                    weight_decay=CPU_WEIGHT_DECAY, batch_size=64, lr={"sgd": 0.05, "adam": 1e-3}[optimizer])
+                    weight_decay=CPU_WEIGHT_DECAY, batch_size=64, lr=CPU_LR[optimizer])
     # smoke: offline digits, a narrow ResNet18, 2 epochs
     return dict(dataset="digits", n_per_class=6, n_test_per_class=3, epochs=2, width=0.0625,
                 lr_step=None if optimizer == "lbfgs" else 1, eval_batch_size=256,

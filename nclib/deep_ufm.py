@@ -40,6 +40,7 @@ import torch
 
 from . import losses as _losses
 from . import metrics as _metrics
+from .ufm import _nonnegative
 
 __all__ = [
     "ACTIVATIONS",
@@ -114,15 +115,8 @@ def _check_lambdas(lambdas, L):
     lWs = list(lW) if isinstance(lW, (list, tuple, np.ndarray)) else [lW] * L
     if len(lWs) != L:
         raise ValueError(f"lambda_W must be one number or {L} numbers (one per layer), got {len(lWs)}")
-    out = []
-    for name, v in [(f"lambda_W{i + 1}", x) for i, x in enumerate(lWs)] + [("lambda_H", lH), ("lambda_b", lb)]:
-        try:
-            fv = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a real number >= 0, got {v!r}") from None
-        if not math.isfinite(fv) or fv < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        out.append(fv)
+    out = [_nonnegative(name, v)
+           for name, v in [(f"lambda_W{i + 1}", x) for i, x in enumerate(lWs)] + [("lambda_H", lH), ("lambda_b", lb)]]
     return out[:L], out[L], out[L + 1]
 
 

@@ -68,6 +68,8 @@ __all__ = [
     "summary_markdown",
     "load_runs",
     "recipe_search_trials",
+    "best_before_first_step",
+    "optimizer_steps",
 ]
 
 PROFILES = ("auto",) + tuple(E.PROFILES)
@@ -553,6 +555,11 @@ def targets_table(runs: dict):
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def optimizer_steps(res: dict) -> int:
+    """Optimizer steps of a stored run: batches per epoch (the last one partial) times epochs."""
+    return math.ceil(res["data"]["n_train"] / res["config"]["batch_size"]) * res["config"]["epochs"]
+
+
 def final_metrics_table(runs: dict, paper_test_acc: dict | None = None):
     """A pandas DataFrame of each run's final logged epoch: steps, wall time, NC1-NC4 on the
     training and the test set, train and test accuracy (and the paper's test accuracy where
@@ -561,9 +568,7 @@ def final_metrics_table(runs: dict, paper_test_acc: dict | None = None):
     rows = {}
     for label, res in runs.items():
         f, c, pv = res["final"], res["config"], res.get("provenance", {})
-        n = res["data"]["n_train"]
-        steps = math.ceil(n / c["batch_size"]) * c["epochs"]
-        row = {"epochs": c["epochs"], "steps": steps, "wall time": fmt_seconds(pv.get("wall_time_s", float("nan")))}
+        row = {"epochs": c["epochs"], "steps": optimizer_steps(res), "wall time": fmt_seconds(pv.get("wall_time_s", float("nan")))}
         for k in ("nc1", "nc2", "nc3", "nc4"):
             row[f"{k.upper()} train"] = f"{f[k]:.3g}"
             row[f"{k.upper()} test"] = f"{f[f'test_{k}']:.3g}" if f"test_{k}" in f else "-"
@@ -643,6 +648,15 @@ def load_runs(names, profile: str = "auto", results_dir="results") -> dict:
                 break
         out[name] = res
     return out
+
+
+def best_before_first_step(trial: dict) -> float:
+    """The best logged training accuracy of a recipe-search trial before its first learning-rate
+    step (its first milestone, or ``lr_step``; the whole run when it has no schedule)."""
+    ms = trial.get("lr_milestones") or ([trial["lr_step"]] if trial.get("lr_step") else [])
+    first = min(ms) if ms else float("inf")
+    accs = [a for e, a in zip(trial["epoch"], trial["train_acc"]) if e <= first]
+    return max(accs) if accs else float("nan")
 
 
 def recipe_search_trials(results_dir="results") -> list:

@@ -72,14 +72,20 @@ def _arr(x, name: str) -> np.ndarray:
     return a
 
 
+def _nonnegative(name: str, v) -> float:
+    """``float(v)`` when it is a finite number >= 0, else a ValueError naming ``name`` and ``v``."""
+    try:
+        fv = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number >= 0, got {v!r}") from None
+    if not math.isfinite(fv) or fv < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    return fv
+
+
 def _check_lambdas(lambda_W, lambda_H, lambda_b, *, strict_WH: bool = False):
     for name, v in (("lambda_W", lambda_W), ("lambda_H", lambda_H), ("lambda_b", lambda_b)):
-        try:
-            fv = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a real number >= 0, got {v!r}") from None
-        if not math.isfinite(fv) or fv < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        _nonnegative(name, v)
     if strict_WH and (float(lambda_W) <= 0 or float(lambda_H) <= 0):
         raise ValueError(
             "lambda_W and lambda_H must be > 0: with either one 0 the infimum of (4) is not "

@@ -128,6 +128,7 @@ def test_colab_link_points_to_runnable_ipynb(path):
     assert _cells(jupytext.read(target)) == _cells(jupytext.read(path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CHAPTERS, ids=IDS)
 def test_chapter_runs_under_nbval(path, tmp_path):
     nb = jupytext.read(path)

@@ -262,6 +262,7 @@ def figure_problems(fig: dict, page_dir: Path) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES or ["<no built HTML>"])
 def test_page_reads_well(page, server, driver):
     driver.set_window_size(*WINDOW)

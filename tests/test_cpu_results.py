@@ -14,6 +14,7 @@ from nclib import configs, experiments as E, threads
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "book" / "results"
 
 
+@pytest.mark.slow
 def test_first_epochs_of_a_stored_cpu_run_are_reproduced(monkeypatch):
     cfg = configs.get_config("fig3-mnist-sgd", "cpu")
     path = E.results_path(cfg, RESULTS)

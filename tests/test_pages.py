@@ -74,3 +74,16 @@ def test_load_runs_smoke_goes_to_the_smoke_folder(tmp_path, monkeypatch):
     res = pages.load_runs(["loss-mnist-mse"], "smoke", tmp_path / "book")
     assert res["loss-mnist-mse"]["config"]["loss"] == "mse"
     assert list((tmp_path / "smoke").glob("loss-mnist-mse__smoke__*.json")) and not (tmp_path / "book").exists()
+
+
+def test_best_before_first_step_hand_made():
+    t = dict(epoch=[1, 2, 5, 9, 12], train_acc=[0.1, 0.4, 0.3, 0.95, 1.0], lr_step=0, lr_milestones=[5, 10])
+    assert pages.best_before_first_step(t) == 0.4          # epochs 1, 2, 5: the step comes after epoch 5
+    assert pages.best_before_first_step(dict(t, lr_milestones=None, lr_step=9)) == 0.95
+    assert pages.best_before_first_step(dict(t, lr_milestones=None, lr_step=0)) == 1.0   # no schedule: the whole run
+
+
+def test_optimizer_steps_counts_the_partial_last_batch():
+    res = dict(data=dict(n_train=5000), config=dict(batch_size=64, epochs=150))
+    assert pages.optimizer_steps(res) == 79 * 150      # 78 full batches and one of 8
+    assert pages.optimizer_steps(dict(res, config=dict(batch_size=2500, epochs=8))) == 16

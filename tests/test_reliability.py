@@ -26,27 +26,6 @@ from nclib import runner as R
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def fake_training(monkeypatch, tmp_path):
-    """Training replaced by a well-formed format-2 result (counted)."""
-    calls = []
-
-    def fake_run(config, *, device=None, checkpoint=None, progress=True, provenance_extra=None):
-        calls.append(config.name)
-        n = config.epochs
-        res = dict(format=2, config=config.to_dict(), config_hash=E.config_hash(config),
-                   history=dict(epoch=list(range(1, n + 1)), nc1=[1.0] * n, train_acc=[1.0] * n, test_acc=[0.9] * n),
-                   final=dict(epoch=n, nc1=1.0, train_acc=1.0, test_acc=0.9), geometry=None,
-                   provenance=dict(device="cpu", wall_time_s=1.0, **(provenance_extra or {})))
-        res["content_hash"] = E.content_hash(res)
-        return res
-
-    monkeypatch.setattr(E, "run_experiment", fake_run)
-    monkeypatch.setenv("NCLIB_CHECKPOINTS", str(tmp_path / "ckpt"))
-    monkeypatch.setenv("NCLIB_SMOKE_RESULTS", str(tmp_path / "smoke"))
-    return calls
-
-
 def _small(**kw):
     """A tiny real run: digits, ResNet18 at width 1/16, 20 images per class, 5 epochs, no schedule."""
     c = C.get_config("fig3-mnist-sgd", "smoke").replace(epochs=5, lr_step=None, n_per_class=20)

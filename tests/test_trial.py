@@ -80,6 +80,7 @@ def test_unknown_name():
         trial.run_trial(names=["fig9-x"])
 
 
+@pytest.mark.slow
 def test_every_full_code_path_runs(tmp_path):
     """One configuration per distinct code path, through load_or_run, into a scratch folder."""
     before = sorted(p.name for p in (ROOT / "book" / "results").glob("*"))

@@ -6,6 +6,9 @@ Usage::
 
     python tools/recipe_search.py NAME DATASET N_PER_CLASS BATCH WD LR_STEP EPOCHS [OPTIMIZER LR]
 
+``LR_STEP`` is one epoch (lr x 0.1 every LR_STEP epochs), ``0`` (no schedule) or a comma-separated
+list of milestones (lr x 0.1 at each, e.g. ``70,120``: the cpu profile's form).
+
 Each trial appends one JSON line to ``book/results/recipe_search.jsonl``.
 """
 import json
@@ -23,14 +26,17 @@ def main(argv):
     name, ds, npc, batch, wd, step, epochs = argv[:7]
     opt = argv[7] if len(argv) > 7 else "sgd"
     lr = float(argv[8]) if len(argv) > 8 else 0.05
-    npc, batch, wd, step, epochs = int(npc), int(batch), float(wd), int(step), int(epochs)
+    milestones = [int(e) for e in step.split(",")] if "," in step else None
+    step = 0 if milestones else int(step)
+    npc, batch, wd, epochs = int(npc), int(batch), float(wd), int(epochs)
     X, y = D.load_dataset(ds, "train", n_per_class=npc, seed=0)
     torch.manual_seed(0)
     model = M.build("resnet18", 10, width=0.25)
     t0 = time.time()
     h = T.train(model, (X, y), None, num_classes=10, optimizer=opt, epochs=epochs, lr=lr, batch_size=batch,
-                lr_step=None if step == 0 else step, weight_decay=wd, log_epochs="log", progress=False)
+                lr_step=None if step == 0 else step, lr_milestones=milestones, weight_decay=wd, log_epochs="log", progress=False)
     rec = dict(name=name, dataset=ds, n_per_class=npc, batch_size=batch, weight_decay=wd, lr_step=step,
+               lr_milestones=milestones,
                epochs=epochs, optimizer=opt, lr=lr, wall_s=time.time() - t0, threads=torch.get_num_threads(),
                epoch=h["epoch"], train_acc=h["train_acc"], nc1=h["nc1"], nc2=h["nc2"], nc3=h["nc3"], nc4=h["nc4"])
     out = pathlib.Path(__file__).resolve().parents[1] / "book" / "results" / "recipe_search.jsonl"

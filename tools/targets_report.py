@@ -1,0 +1,60 @@
+"""The README's table of stored ``cpu`` runs against the terminal-phase targets (Markdown, stdout).
+
+Usage::
+
+    python tools/targets_report.py [--profile cpu] [--results-dir book/results]
+
+One row per configuration of the profile that has a stored result (the runs that another run
+trains, e.g. ``fig6-*-all``, are left out); columns: steps, wall time, final NC1-NC4 on the
+training / test set, accuracies, and the targets missed (``nclib.pages.terminal_phase_checks``;
+"-" for runs outside Figures 3, 4, 6 and 7, which have no targets).
+"""
+import argparse
+import math
+
+from nclib import configs as C
+from nclib import experiments as E
+from nclib import pages as P
+
+FIGURES_WITH_TARGETS = ("fig3", "fig6", "fig7")
+
+
+def _g(v):
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
+
+
+def row(res: dict) -> str:
+    c, h, f = res["config"], res["history"], res["final"]
+    steps = P.optimizer_steps(res)
+    wall = res["provenance"].get("wall_time_s", float("nan")) / 60
+    nc = [f"{_g(h[k][-1])} / {_g(h.get('test_' + k, [None])[-1])}" for k in ("nc1", "nc3", "nc4")]
+    if c["figure"] in FIGURES_WITH_TARGETS:
+        missed = [x["target"] for x in P.terminal_phase_checks(res) if not x["met"]]
+        verdict = "all met" if not missed else "missed: " + ", ".join(missed)
+    else:
+        verdict = "-"
+    return (f"| {c['name']} | {steps} | {wall:.1f} min | {nc[0]} | {_g(h['nc2'][-1])} | "
+            f"{nc[1]} | {nc[2]} | {100 * f['train_acc']:.2f}% | {100 * f['test_acc']:.1f}% | {verdict} |")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--results-dir", default="book/results")
+    a = ap.parse_args(argv)
+    print("| run | steps | wall time | NC1 train / test | NC2 | NC3 train / test | NC4 train / test | train acc "
+          "| test acc | targets |")
+    print("|---|---:|---:|---|---:|---|---|---:|---:|---|")
+    for name in C.list_configs(profile=a.profile):
+        cfg = C.get_config(name, a.profile)
+        path = E.results_path(cfg, a.results_dir)
+        if not path.exists():
+            continue
+        res = E.load_results_file(path)
+        if res["config"]["name"] != name:
+            continue
+        print(row(res))
+
+
+if __name__ == "__main__":
+    main()
