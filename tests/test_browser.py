@@ -68,13 +68,7 @@ PAGES = _pages()
 
 #: Defects this test found on the last build that are not mended yet (strict xfail: the test fails
 #: as soon as a page is mended, so that its entry is removed). Listed in the issue notes.
-KNOWN_DEFECTS = {
-    "book/deep_ufm.html": "printed lines wider than the column (three result lines)",
-    "book/fewer_dimensions.html": "printed lines wider than the column (two result lines)",
-    "book/imbalance.html": "printed lines wider than the column (two result lines)",
-    "book/nonnegative_features.html": "a printed '|h_G| / mean |h_k - h_G|' line read as a raw Markdown table",
-    "book/other_losses.html": "printed '||w_k||' / '||h_k||' lines and a long NOTE line",
-}
+KNOWN_DEFECTS: dict[str, str] = {}
 PAGES = [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DEFECTS[p])) if p in KNOWN_DEFECTS
          else p for p in PAGES]
 
