@@ -337,13 +337,17 @@ def data_fingerprint(X: torch.Tensor, y: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def check_divergence(epoch_loss: float, first_loss: float | None, params) -> str | None:
+def check_divergence(epoch_loss: float, first_loss: float | None, params,
+                     num_classes: int | None = None) -> str | None:
     """The divergence rule, applied once per epoch: the reason the run has diverged, or None.
 
     Diverged when the epoch's mean training loss is NaN/inf, a parameter is NaN/inf, or the
     loss is finite but above ``EXPLOSION_FACTOR * max(first_loss, 1)`` (``first_loss``: the
-    mean loss of the first epoch; None during the first epoch).  Non-finite features are
-    caught by the evaluation (:func:`evaluate`).
+    mean loss of the first epoch; None during the first epoch).  During the first epoch the
+    reference is the chance-level cross-entropy ``log K`` instead (``num_classes`` = K, when
+    given): a loss above ``EXPLOSION_FACTOR * max(log K, 1)`` in epoch 1 has exploded already
+    (no loss of the book starts near that at initialisation).  Non-finite features are caught
+    by the evaluation (:func:`evaluate`).
     """
     if not math.isfinite(epoch_loss):
         return f"the training loss became {epoch_loss}"
@@ -353,6 +357,9 @@ def check_divergence(epoch_loss: float, first_loss: float | None, params) -> str
     if first_loss is not None and epoch_loss > EXPLOSION_FACTOR * max(first_loss, 1.0):
         return (f"the training loss exploded to {epoch_loss:.3g} (over {EXPLOSION_FACTOR:g} x "
                 f"max(first epoch's {first_loss:.3g}, 1))")
+    if first_loss is None and num_classes and epoch_loss > EXPLOSION_FACTOR * max(math.log(num_classes), 1.0):
+        return (f"the training loss exploded to {epoch_loss:.3g} in the first epoch (over {EXPLOSION_FACTOR:g} x "
+                f"max(log K = {math.log(num_classes):.3g}, 1))")
     return None
 
 
@@ -749,7 +756,8 @@ def _loop(run: _Run, progress: bool, compile: bool) -> dict:
             loss_sum, correct = _train_epoch(run, fwd)
             pe = h["per_epoch"]
             epoch_loss = float(loss_sum) / s["n_train"]  # one synchronisation per epoch
-            reason = check_divergence(epoch_loss, pe["loss"][0] if pe["loss"] else None, run.params)
+            reason = check_divergence(epoch_loss, pe["loss"][0] if pe["loss"] else None, run.params,
+                                      num_classes=s["num_classes"])
             if reason:
                 raise _diverged(run, epoch, good_state, reason)
             t_train = time.perf_counter() - t0

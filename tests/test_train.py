@@ -371,3 +371,16 @@ def test_a_finished_run_can_be_extended(tmp_path):
     assert a == b
     with pytest.raises(ValueError, match="other settings.*epochs"):
         T.train(make(), (X, y), epochs=1, checkpoint=ck, **args)  # cannot shrink below the checkpoint
+
+
+def test_check_divergence_hand_made_cases():
+    import torch as _t
+    ok = [_t.ones(3)]
+    assert T.check_divergence(2.5, None, ok, num_classes=10) is None               # chance level in epoch 1
+    assert T.check_divergence(229.0, None, ok, num_classes=10) is None             # below 100 x log 10 = 230.3
+    assert "first epoch" in T.check_divergence(2.4e17, None, ok, num_classes=10)   # exploded within epoch 1
+    assert T.check_divergence(2.4e17, None, ok) is None                            # no K: no epoch-1 reference
+    assert "exploded" in T.check_divergence(301.0, 3.0, ok)                        # 100 x first epoch's 3.0
+    assert T.check_divergence(0.5, 0.2, ok) is None                                # 100 x max(0.2, 1) = 100
+    assert "NaN" in T.check_divergence(1.0, 1.0, [_t.tensor([float("nan")])])
+    assert "became" in T.check_divergence(float("inf"), None, ok, num_classes=10)
