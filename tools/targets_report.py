@@ -4,8 +4,9 @@ Usage::
 
     python tools/targets_report.py [--profile cpu] [--results-dir book/results]
 
-One row per configuration of the profile that has a stored result (the runs that another run
-trains, e.g. ``fig6-*-all``, are left out); columns: steps, wall time, final NC1-NC4 on the
+One row per configuration of the profile that has a stored result; a run that another run trains
+(e.g. ``fig6-*-all`` is ``fig3-*-sgd``) is a copy of that result and its wall time says "copy of ...";
+columns: steps, wall time, final NC1-NC4 on the
 training / test set, accuracies, and the targets missed (``nclib.pages.terminal_phase_checks``;
 "-" for runs outside Figures 3, 4, 6 and 7, which have no targets).
 """
@@ -26,14 +27,15 @@ def _g(v):
 def row(res: dict) -> str:
     c, h, f = res["config"], res["history"], res["final"]
     steps = P.optimizer_steps(res)
-    wall = res["provenance"].get("wall_time_s", float("nan")) / 60
+    src = res["provenance"].get("copied_from")
+    wall = f"copy of {src.split('__')[0]}" if src else f"{res['provenance'].get('wall_time_s', float('nan')) / 60:.1f} min"
     nc = [f"{_g(h[k][-1])} / {_g(h.get('test_' + k, [None])[-1])}" for k in ("nc1", "nc3", "nc4")]
     if c["figure"] in FIGURES_WITH_TARGETS:
         missed = [x["target"] for x in P.terminal_phase_checks(res) if not x["met"]]
         verdict = "all met" if not missed else "missed: " + ", ".join(missed)
     else:
         verdict = "-"
-    return (f"| {c['name']} | {steps} | {wall:.1f} min | {nc[0]} | {_g(h['nc2'][-1])} | "
+    return (f"| {c['name']} | {steps} | {wall} | {nc[0]} | {_g(h['nc2'][-1])} | "
             f"{nc[1]} | {nc[2]} | {100 * f['train_acc']:.2f}% | {100 * f['test_acc']:.1f}% | {verdict} |")
 
 
