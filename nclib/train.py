@@ -51,8 +51,8 @@ One function, :func:`train`, runs the experiments of Section 4 of Zhu et al. (20
   ``lr_milestones`` (used by the small-scale recipes, whose first step comes later).
 * **Tracking**: at every logged epoch (``log_epochs``: every epoch, log-spaced, or a list),
   one eval-mode pass over the training set keeps its features in memory and computes
-  NC1-NC4 of eqs. (7)-(10) with :func:`nclib.metrics.nc_metrics` in float64 (the streaming
-  :class:`nclib.metrics.NCAccumulator` when the features would not fit), and one pass over
+  NC1-NC4 of eqs. (7)-(10) in float64 with :class:`nclib.metrics.NCAccumulator` (the numbers
+  of :func:`nclib.metrics.nc_metrics`; streaming when the features would not fit), and one pass over
   the test set gives the same metrics on held-out data (``test_nc1``...: the test set's own
   class means and global mean; NC2 depends on W only and equals the training value).  There
   is no extra forward per training step: the running loss and accuracy of an epoch come from
@@ -88,7 +88,7 @@ import torch
 import torch.nn.functional as F
 
 from . import losses as _losses
-from .metrics import NCAccumulator, nc_metrics
+from .metrics import NCAccumulator
 
 __all__ = [
     "PAPER_DEFAULTS",
@@ -269,10 +269,12 @@ def evaluate(model, X, y, *, num_classes: int, batch_size: int = 1024, nc: bool 
     """One eval-mode fp32 pass over ``(X, y)``: accuracy, mean loss and, if ``nc``, NC1-NC4
     (eqs. (7)-(10)) and the extras of :func:`nclib.metrics.nc_metrics`.
 
-    The features are kept in memory (float32, N x d) and the metrics computed from them in
-    float64 when ``N d`` is below :data:`IN_MEMORY_LIMIT`; beyond it they are streamed through
-    :class:`nclib.metrics.NCAccumulator` (same numbers, no ``ncc_mismatch``).  Non-finite
-    features raise ValueError ("... contain NaN or inf").
+    The features go into :class:`nclib.metrics.NCAccumulator` batch by batch: kept in memory
+    without a copy (float32, N x d; pass 1 of the metrics done as each batch arrives) when
+    ``N d`` is below :data:`IN_MEMORY_LIMIT`, giving exactly :func:`nclib.metrics.nc_metrics`'
+    numbers (``batch_size`` a multiple of 512); beyond it streamed (d x d scatter: the same
+    numbers to rounding, no ``ncc_mismatch``).  Non-finite features raise ValueError
+    ("... contain NaN or inf").
 
     Returns a flat dict (``accuracy``, ``loss``, ``nc1``...``nc4``, extras, ``feature_norm``:
     the mean ``||h_i||``, ``W_norm``: ``||W||_F``); with ``geometry=True`` also
@@ -285,24 +287,24 @@ def evaluate(model, X, y, *, num_classes: int, batch_size: int = 1024, nc: bool 
     loss_sum = torch.zeros((), dtype=torch.float64, device=X.device)
     correct = torch.zeros(K, dtype=torch.long, device=X.device)
     hnorm = torch.zeros((), dtype=torch.float64, device=X.device)
-    feats, acc = [], None
-    in_memory = (nc or geometry) and X.shape[0] * int(fc.weight.shape[1]) <= IN_MEMORY_LIMIT
-    if nc and not in_memory:
-        acc = NCAccumulator(K)
+    feats = []
+    in_memory = X.shape[0] * int(fc.weight.shape[1]) <= IN_MEMORY_LIMIT
+    # fresh forward outputs are never modified afterwards: kept without a copy (copy=False)
+    acc = NCAccumulator(K, copy=False, max_buffer_bytes=4 * IN_MEMORY_LIMIT if in_memory else 0) if nc else None
     try:
         for i in range(0, X.shape[0], batch_size):
             xb, yb = X[i:i + batch_size], y[i:i + batch_size]
             h, logits = _forward(model, xb)
             h, logits = h.float(), logits.float()
-            if not bool(torch.isfinite(h).all()):
+            if not bool(torch.isfinite(h.sum())) and not bool(torch.isfinite(h).all()):  # (a sum: one cheap pass)
                 raise ValueError("the features contain NaN or inf")
             loss_sum += _losses.loss(logits, yb, loss, reduction="sum", **(loss_kw or {})).double()
             correct += torch.bincount(yb[logits.argmax(1) == yb], minlength=K)
             hnorm += h.double().norm(dim=1).sum()
-            if in_memory:
+            if acc is not None:
+                acc.update(h, yb)  # decisions from (W, b) in float64, as nc_metrics makes them
+            if geometry and in_memory:
                 feats.append(h)
-            elif acc is not None:
-                acc.update(h, yb, logits=logits)
     finally:
         model.train(was_training)
     n = X.shape[0]
@@ -312,7 +314,7 @@ def evaluate(model, X, y, *, num_classes: int, batch_size: int = 1024, nc: bool 
     b = fc.bias.detach() if fc.bias is not None else torch.zeros(W.shape[0], device=W.device)
     H = torch.cat(feats) if feats else None
     if nc:
-        m = (nc_metrics(W, b, H, y) if H is not None else acc.compute(W, b)).to_dict()
+        m = acc.compute(W, b).to_dict()
         m.pop("accuracy")  # the same count as `correct`
         out.update(m)
     if geometry:

@@ -271,6 +271,50 @@ def test_streaming_errors():
         metrics.NCAccumulator(1)
 
 
+def test_accumulator_pass_one_as_batches_arrive_gives_nc_metrics_numbers_bitwise():
+    # the kept-batch accumulator adds pass 1's class sums up as batches arrive, chunk by chunk in
+    # the same order as nc_metrics on the concatenated features: with batches that are multiples
+    # of the 512-row chunk, every number is the same float
+    rng = np.random.default_rng(4)
+    K, n, d = 4, 700, 16
+    y = rng.permutation(np.repeat(np.arange(K), n))
+    H = (3.0 * rng.standard_normal((K, d))[y] + 0.01 * rng.standard_normal((K * n, d))).astype(np.float32)
+    W, b = rng.standard_normal((K, d)).astype(np.float32), rng.standard_normal(K).astype(np.float32)
+    ref = metrics.nc_metrics(W, b, H, y).to_dict()
+    acc = metrics.NCAccumulator(K, copy=False)
+    for i in range(0, K * n, 1024):
+        acc.update(torch.from_numpy(H[i:i + 1024]), y[i:i + 1024])
+    assert acc.compute(W, b).to_dict() == ref
+
+
+def test_accumulator_refuses_a_nan_batch_and_stays_usable():
+    W, b, H, y = random_problem(K=3, n=30, d=4, seed=5)
+    ref = metrics.nc_metrics(W, b, H, y)
+    acc = metrics.NCAccumulator(3)
+    acc.update(H[:45], y[:45])
+    bad = H[45:].copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="H contains NaN or inf"):
+        acc.update(bad, y[45:])
+    assert acc.N == 45
+    acc.update(H[45:], y[45:])
+    got = acc.compute(W, b)
+    assert got.nc1 == pytest.approx(ref.nc1, rel=1e-12)
+    assert got.nc3 == pytest.approx(ref.nc3, rel=1e-12)
+
+
+def test_accumulator_float64_sums_that_overflow_are_rescaled():
+    # finite features near 1e308: their float64 class sums overflow; the accumulator keeps the
+    # batches and compute() redoes pass 1 on rescaled chunks (NC1 is scale-invariant)
+    W, b, H, y = random_problem(K=4, n=20, d=6, seed=13)
+    ref = metrics.nc1(H, y)
+    acc = metrics.NCAccumulator(4)
+    for i in range(0, len(y), 16):
+        acc.update(H[i:i + 16] * 1e306, y[i:i + 16])
+    assert acc._sums is False  # the overflow path was taken
+    assert acc.compute(W, b).nc1 == pytest.approx(ref, rel=1e-10)
+
+
 # ----------------------------------------------------------------------------- errors
 def test_bad_inputs_raise_clear_errors():
     W, b, H, y = random_problem(K=3, n=5, d=4, seed=0)
