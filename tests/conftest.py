@@ -32,3 +32,26 @@ def fake_training(monkeypatch, tmp_path):
     monkeypatch.setenv("NCLIB_CHECKPOINTS", str(tmp_path / "ckpt"))
     monkeypatch.setenv("NCLIB_SMOKE_RESULTS", str(tmp_path / "smoke"))
     return calls
+
+
+@pytest.fixture
+def interrupt_after_epoch(monkeypatch):
+    """``interrupt_after_epoch(n)``: training raises KeyboardInterrupt right after its checkpoint of
+    epoch ``n`` is written (a Ctrl-C at that point); ``interrupt_after_epoch(None)`` restores saving."""
+    from nclib import train as T
+
+    real = T._atomic_save
+
+    def install(n):
+        if n is None:
+            monkeypatch.setattr(T, "_atomic_save", real)
+            return
+
+        def save_then_interrupt(obj, path):
+            real(obj, path)
+            if obj["epoch"] == n:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(T, "_atomic_save", save_then_interrupt)
+
+    return install

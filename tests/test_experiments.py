@@ -224,23 +224,16 @@ def test_missing_file_hint_names_other_hashes(stored):
         E.load_or_run(c.replace(lr=0.123), d, run=False)
 
 
-def test_load_or_run_resumes_from_checkpoint(stored, tmp_path, monkeypatch):
+def test_load_or_run_resumes_from_checkpoint(stored, tmp_path, interrupt_after_epoch):
     c, d, ref = stored
     c = c.replace(epochs=3, lr_step=2)
     ref = E.run_experiment(c, device="cpu", progress=False)
-    real = T._atomic_save
-
-    def die_after_epoch_2(obj, path):
-        real(obj, path)
-        if obj["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(T, "_atomic_save", die_after_epoch_2)
+    interrupt_after_epoch(2)
     with pytest.raises(KeyboardInterrupt):
         E.load_or_run(c, tmp_path, device="cpu", checkpoint_dir=tmp_path / "ck", progress=False)
     ck = tmp_path / "ck" / (E.results_path(c, tmp_path).stem + ".pt")
     assert ck.exists() and not E.results_path(c, tmp_path).exists()
-    monkeypatch.setattr(T, "_atomic_save", real)
+    interrupt_after_epoch(None)
     res = E.load_or_run(c, tmp_path, device="cpu", checkpoint_dir=tmp_path / "ck", progress=False)
     assert strip(res["history"]) == strip(json.loads(json.dumps(ref["history"])))
     assert not ck.exists()
