@@ -109,6 +109,7 @@ _CONVENTIONS = ("zhu", "papyan")
 _EIG_RTOL = 1e-12  # eigenvalues of Sigma_B below rtol * max are treated as zero (see module doc)
 _SPAN_RTOL = 1e-15  # basis Q of the class-mean span keeps directions above this (a superset)
 _CHUNK = 512  # rows per chunk: a float32 chunk of d = 512 is 1 MiB (one L2 cache)
+_POST_BLOCK = 4096  # rows per block of pass 2's float64 post-processing (K-vectors per sample)
 _SAFE = 2.0 ** 60  # pass 2 runs on unscaled features when the means' scale is in [1/_SAFE, _SAFE]
 _MAX_LABEL = 2 ** 53
 
@@ -391,23 +392,32 @@ def _residual_pass(src: _Source, K, means, Q, Wn=None, bn=None, want_ncc=False, 
         torch.sub(X, T, out=T)  # exact residuals (Sterbenz) against the rounded means
         torch.mm(Pt, T.T, out=Zt[:, row:row + c])
         row += c
-    y = src.y
-    Zd = Zt[:p].T.to(torch.float64, memory_format=torch.contiguous_format)  # N x p: fast row-wise argmax
-    zsum = torch.zeros(K, p, dtype=torch.float64, device=dev).index_add_(0, y, Zd)
+    y, N = src.y, src.N
+    # per block of rows, in float64, in buffers that stay in cache (no N x p or N x K temporaries)
+    zsum = torch.zeros(K, p, dtype=torch.float64, device=dev)
+    G = torch.zeros(q, q, dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.long, device=dev)
+    mismatch = torch.zeros((), dtype=torch.long, device=dev)
+    nets = torch.cat(src.preds) if use_pred else None
+    zbuf = torch.empty(min(_POST_BLOCK, N), p, dtype=torch.float64, device=dev)
+    for s in range(0, N, _POST_BLOCK):
+        e = min(N, s + _POST_BLOCK)
+        yb, z = y[s:e], zbuf[:e - s]
+        z.copy_(Zt[:p, s:e].T)
+        zsum.index_add_(0, yb, z)
+        G.addmm_(z[:, :q].T, z[:, :q])
+        net = None
+        if use_pred:
+            net = nets[s:e]
+        elif Wn is not None:
+            net = L0[yb].add_(z[:, q:]).argmax(1)
+            correct += (net == yb).sum()
+        if want_ncc and net is not None:
+            mismatch += (net != D2[yb].sub_(z[:, :q] @ E2).argmin(1)).sum()
     # a float32 product that overflowed shows in these float64 sums (H itself was checked by pass 1)
     if wd == torch.float32 and not bool(torch.isfinite(zsum).all()):  # redo in float64
         return _residual_pass(src, K, means, Q, Wn, bn, want_ncc, force64=True)
-    G = Zd[:, :q].T @ Zd[:, :q]
-    correct = mismatch = 0
-    net = None
-    if use_pred:
-        net = torch.cat(src.preds)
-    elif Wn is not None:
-        net = L0[y].add_(Zd[:, q:]).argmax(1)
-        correct = int((net == y).sum())
-    if want_ncc and net is not None:
-        score = D2[y].sub_(Zd[:, :q] @ E2)  # (faster than one addmm with a gathered input)
-        mismatch = int((net != score.argmin(1)).sum())
+    correct, mismatch = int(correct), int(mismatch)
     counts = torch.bincount(y, minlength=K).to(torch.float64)
     SW = G - (zsum[:, :q] / counts[:, None]).T @ zsum[:, :q]
     return m64, SW, zsum, correct, mismatch
