@@ -810,16 +810,14 @@ class NCAccumulator:
     def _add_sums(self, Ht, yt) -> None:
         """Pass 1 on the batch while it is at hand: its class sums, chunk by chunk, into the
         running float64 sums (finiteness is checked on them: a NaN or inf raises here)."""
-        if self._sums is False:  # an earlier float64 overflow: compute() redoes pass 1
+        if self._sums is False:  # an earlier overflow or refused batch: compute() redoes pass 1
             if Ht.numel() and not torch.isfinite(Ht.sum()):
                 _check_finite(Ht, "H")
             return
-        before = None if self._sums is None else self._sums.clone()
         self._sums = _class_sums(_Source([Ht], [yt]), self.K, 1.0, out=self._sums)
-        if not bool(torch.isfinite(self._sums).all()):
-            self._sums = before
-            _check_finite(Ht, "H")  # raises on NaN / inf, the batch not kept
-            self._sums = False  # finite features whose float64 sums overflow: rescaled in compute()
+        if not math.isfinite(float(self._sums.sum())):  # NaN / inf in H, or a float64 overflow
+            self._sums = False  # from now on compute() redoes pass 1 over the kept batches
+            _check_finite(Ht, "H")  # raises on NaN / inf (the batch is not kept)
 
     def compute(self, W, b) -> NCMetrics:
         """NC1-NC4 (eqs. 7-10) of everything fed so far, with classifier (W, b)."""
