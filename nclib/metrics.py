@@ -729,13 +729,19 @@ class NCAccumulator:
 
     While the batches fit in ``max_buffer_bytes`` (default 1 GiB: 60,000 x 512 float32
     features take 123 MB) they are kept (copied) and :meth:`compute` runs the two-pass
-    in-memory method of :func:`nc_metrics` over them.  Beyond that the accumulator turns
+    in-memory method of :func:`nc_metrics` over them; pass 1 (the class sums, chunk by chunk
+    in the order :func:`nc_metrics` uses) is done by :meth:`update` as each batch arrives, so
+    the numbers are :func:`nc_metrics`' own floats when the batch sizes are multiples of 512
+    and the logits are not given.  Beyond that the accumulator turns
     into a streaming one (float64 class sums and a d x d within-class scatter, O(N d^2)
     work, O(K d + d^2) memory); ``ncc_mismatch`` needs the final class means before the
     pass and is then reported as ``None``.  Accuracy is counted from the logits when they
     are given with every batch, otherwise computed from ``(W, b)`` (in-memory mode) or
     ``nan`` (streaming mode).  Kept batches are copied unless ``copy=False`` (then the caller
-    promises not to modify a batch in place after passing it: fresh outputs of a forward pass).
+    promises not to modify a batch in place after passing it: fresh outputs of a forward pass,
+    as :func:`nclib.train.evaluate` passes them; the copy costs what fresh memory costs, about
+    as much as the metrics themselves).  A batch with NaN or inf raises ValueError in
+    :meth:`update` and is not kept.
 
     Example::
 
