@@ -68,6 +68,7 @@ __all__ = [
     "summary_markdown",
     "load_runs",
     "recipe_search_trials",
+    "read_jsonl",
     "best_before_first_step",
     "optimizer_steps",
 ]
@@ -659,13 +660,18 @@ def best_before_first_step(trial: dict) -> float:
     return max(accs) if accs else float("nan")
 
 
-def recipe_search_trials(results_dir="results") -> list:
-    """The trials of ``tools/recipe_search.py`` (one dict per line of ``recipe_search.jsonl``),
-    read from ``results_dir``, else from the repository's ``book/results`` beside this package
-    (e.g. when a test runs the chapter from a scratch folder); [] when neither has the file."""
+def read_jsonl(results_dir, name: str) -> list:
+    """The records of a JSON-lines file ``name`` of stored results (one dict per line), read from
+    ``results_dir``, else from the repository's ``book/results`` beside this package (e.g. when a
+    test runs a chapter from a scratch folder); [] when neither has the file."""
     for d in (pathlib.Path(results_dir), pathlib.Path(__file__).resolve().parents[1] / "book" / "results"):
-        p = d / "recipe_search.jsonl"
+        p = d / name
         if p.exists():
             with open(p) as f:
                 return [json.loads(line) for line in f if line.strip()]
     return []
+
+
+def recipe_search_trials(results_dir="results") -> list:
+    """The trials of ``tools/recipe_search.py`` (``recipe_search.jsonl``, see :func:`read_jsonl`)."""
+    return read_jsonl(results_dir, "recipe_search.jsonl")

@@ -54,7 +54,9 @@ One function, :func:`train`, runs the experiments of Section 4 of Zhu et al. (20
   NC1-NC4 of eqs. (7)-(10) in float64 with :class:`nclib.metrics.NCAccumulator` (the numbers
   of :func:`nclib.metrics.nc_metrics`; streaming when the features would not fit), and one pass over
   the test set gives the same metrics on held-out data (``test_nc1``...: the test set's own
-  class means and global mean; NC2 depends on W only and equals the training value).  There
+  class means and global mean; NC2 depends on W only and equals the training value).  For
+  L-BFGS the BatchNorm running statistics are first re-estimated at the current parameters
+  (:func:`recalibrate_batchnorm`: its line search leaves those of trial points).  There
   is no extra forward per training step: the running loss and accuracy of an epoch come from
   the training forward's logits, accumulated on the device (no per-step ``.item()``).
 * **Robustness**: a checkpoint of the latest state (model, optimizer, scheduler, the global
@@ -106,6 +108,7 @@ __all__ = [
     "make_optimizer",
     "make_scheduler",
     "evaluate",
+    "recalibrate_batchnorm",
     "train",
 ]
 
@@ -327,6 +330,26 @@ def evaluate(model, X, y, *, num_classes: int, batch_size: int = 1024, nc: bool 
         out["class_means"] = (sums / counts[:, None]).cpu().tolist()
         out["acc_per_class"] = (correct.double() / counts).cpu().tolist()
     return out
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model, X, batch_size: int = 1024) -> bool:
+    """Re-estimate the BatchNorm running statistics at the current parameters: one train-mode
+    pass over ``X`` without gradients, cumulative averages over its batches
+    (``torch.optim.swa_utils.update_bn``, the re-estimation of SWA, Izmailov et al. 2018).
+
+    :func:`train` does this before every evaluation of an L-BFGS run: each function evaluation
+    of its line search, trial points included, moves the running statistics that eval mode uses,
+    while L-BFGS itself only ever sees batch statistics.  Measured here (ResNet18 x0.25, 5,000
+    MNIST images, full-batch L-BFGS lr 0.1, after 5 steps): eval-mode training accuracy 10.0%
+    with the statistics left by the line search, 95.3% with re-estimated ones, 95.3% in train
+    mode.  The training trajectory does not change (train mode never reads these statistics).
+    Returns whether the model has BatchNorm layers.
+    """
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return False
+    torch.optim.swa_utils.update_bn((X[i:i + batch_size] for i in range(0, X.shape[0], batch_size)), model)
+    return True
 
 
 def data_fingerprint(X: torch.Tensor, y: torch.Tensor) -> str:
@@ -707,6 +730,8 @@ def _log(run: _Run, epoch: int, lr_used: float) -> None:
     the geometry (W, b, class means, per-class accuracies) is kept for the last logged epoch."""
     s = run.s
     kw = dict(num_classes=s["num_classes"], batch_size=s["eval_batch_size"], loss=s["loss"], loss_kw=s["loss_kw"])
+    if s["optimizer"] == "lbfgs":  # its line search leaves BatchNorm statistics of trial points behind
+        recalibrate_batchnorm(run.model, run.X, s["eval_batch_size"])
     ev = evaluate(run.model, run.X, run.y, nc=True, geometry=True, **kw)
     geo = {"epoch": epoch, "W": run.fc.weight.detach().cpu().double().tolist(),
            "b": None if run.fc.bias is None else run.fc.bias.detach().cpu().double().tolist(),

@@ -87,3 +87,11 @@ def test_optimizer_steps_counts_the_partial_last_batch():
     res = dict(data=dict(n_train=5000), config=dict(batch_size=64, epochs=150))
     assert pages.optimizer_steps(res) == 79 * 150      # 78 full batches and one of 8
     assert pages.optimizer_steps(dict(res, config=dict(batch_size=2500, epochs=8))) == 16
+
+
+def test_read_jsonl_reads_the_given_folder_and_falls_back_to_the_repository(tmp_path):
+    (tmp_path / "x.jsonl").write_text('{"a": 1}\n\n{"a": 2}\n')
+    assert pages.read_jsonl(tmp_path, "x.jsonl") == [{"a": 1}, {"a": 2}]
+    assert pages.read_jsonl(tmp_path, "nosuch.jsonl") == []
+    stored = pages.read_jsonl(tmp_path, "recipe_search.jsonl")  # not in tmp_path: the repository's copy
+    assert stored and stored == pages.recipe_search_trials(tmp_path) and "nc1" in stored[0]

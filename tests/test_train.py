@@ -384,3 +384,43 @@ def test_check_divergence_hand_made_cases():
     assert T.check_divergence(0.5, 0.2, ok) is None                                # 100 x max(0.2, 1) = 100
     assert "NaN" in T.check_divergence(1.0, 1.0, [_t.tensor([float("nan")])])
     assert "became" in T.check_divergence(float("inf"), None, ok, num_classes=10)
+
+
+# ----------------------------------------------------------------------------- BatchNorm statistics of L-BFGS
+def _bn_layers(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def test_recalibrate_batchnorm_gives_the_statistics_of_the_data_by_hand():
+    X, y = blobs(n=8)
+    model = make()
+    bn = _bn_layers(model)[0]
+    bn.running_mean.fill_(123.0)
+    bn.running_var.fill_(1e-6)  # garbage, as a line search may leave
+    seen = []
+    hook = bn.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().clone()))
+    assert T.recalibrate_batchnorm(model, X, batch_size=len(y))  # one batch: the full-data statistics
+    hook.remove()
+    A = seen[0].transpose(0, 1).reshape(bn.num_features, -1).double()  # channels x (N * spatial)
+    assert torch.allclose(bn.running_mean.double(), A.mean(1), atol=1e-6)
+    assert torch.allclose(bn.running_var.double(), A.var(1, unbiased=True), rtol=1e-5)
+    assert not T.recalibrate_batchnorm(make(bn=False), X)  # no BatchNorm: nothing to do
+
+
+def test_lbfgs_evaluations_use_statistics_of_the_current_parameters():
+    # after training, the BatchNorm statistics are those re-estimated at the final parameters (a second
+    # re-estimation changes nothing) and the logged training accuracy is the eval-mode accuracy with them
+    X, y = blobs(n=10)
+    model = make()
+    h = T.train(model, (X, y), optimizer="lbfgs", epochs=3, batch_size=30, lr=1.0, **KW)
+    before = [(b.running_mean.clone(), b.running_var.clone()) for b in _bn_layers(model)]
+    T.recalibrate_batchnorm(model, X, batch_size=1024)
+    for (m0, v0), b in zip(before, _bn_layers(model)):
+        assert torch.allclose(m0, b.running_mean, atol=1e-6) and torch.allclose(v0, b.running_var, atol=1e-6)
+    assert h["train_acc"][-1] == T.evaluate(model, X, y, num_classes=3, nc=False)["accuracy"]
+    # SGD keeps its running averages (no re-estimation): they differ from the re-estimated ones
+    sgd = make()
+    T.train(sgd, (X, y), optimizer="sgd", epochs=3, batch_size=5, **KW)
+    mean0 = _bn_layers(sgd)[0].running_mean.clone()
+    T.recalibrate_batchnorm(sgd, X)
+    assert not torch.allclose(mean0, _bn_layers(sgd)[0].running_mean, atol=1e-6)
