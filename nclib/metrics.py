@@ -424,17 +424,16 @@ def _residual_pass(src: _Source, K, means, Q, Wn=None, bn=None, want_ncc=False, 
 
 
 def _refine_means(src: _Source, K, means, counts):
-    """Exact class means in d dimensions: the rounded means plus the class means of the
-    residuals (used by :func:`class_means` and :func:`nc3`)."""
-    wd = torch.float32 if src.dtype == torch.float32 and src.scale == 1.0 else torch.float64
-    m_w = means.to(wd)
-    rsum = torch.zeros_like(m_w)
+    """Exact class means in d dimensions: pass 1's means plus the class means of the
+    residuals, both in float64, chunk by chunk (float32 features widen exactly; used by
+    :func:`class_means`, :func:`nc3` and :meth:`NCAccumulator.class_means`)."""
+    rsum = torch.zeros_like(means)
     for Hc, yc, _ in src.blocks():
-        X = Hc if Hc.dtype == wd else Hc.to(wd)
+        X = Hc.to(torch.float64)
         if src.scale != 1.0:
             X = X * src.scale
-        rsum.index_add_(0, yc, X - m_w[yc])
-    return m_w.to(torch.float64) + rsum.to(torch.float64) / counts[:, None]
+        rsum.index_add_(0, yc, X.sub_(means[yc]) if X is not Hc else X - means[yc])
+    return means + rsum / counts[:, None]
 
 
 def _global_mean(means: torch.Tensor, counts: torch.Tensor, convention: str) -> torch.Tensor:
@@ -824,6 +823,26 @@ class NCAccumulator:
         if not math.isfinite(float(self._sums.sum())):  # NaN / inf in H, or a float64 overflow
             self._sums = False  # from now on compute() redoes pass 1 over the kept batches
             _check_finite(Ht, "H")  # raises on NaN / inf (the batch is not kept)
+
+    def class_means(self, *, allow_empty: bool = False) -> torch.Tensor:
+        """Float64 class means (K, d) of everything fed so far: :func:`class_means`' numbers
+        (in-memory mode: pass 1's sums corrected by the class means of the residuals;
+        streaming mode: the float64 class sums over the counts).  A class without samples
+        raises ValueError, or gets a zero row with ``allow_empty=True``."""
+        if self.d is None:
+            raise ValueError("no batch was added: call update() first")
+        st = self._stream
+        counts = st.counts if st is not None else torch.bincount(
+            torch.cat(self._ys), minlength=self.K).to(torch.float64)
+        if not allow_empty:
+            _check_counts(counts, self.K)
+        counts = counts.clamp_min(1.0)  # an empty class: zero sums, a zero row
+        if st is not None:
+            return st.sums / counts[:, None] / st.scale
+        src = _Source(self._Hs, self._ys)
+        sums = self._sums.clone() if isinstance(self._sums, torch.Tensor) else None
+        means = _means_pass(src, self.K, counts, sums=sums)
+        return _refine_means(src, self.K, means, counts) / src.scale
 
     def compute(self, W, b) -> NCMetrics:
         """NC1-NC4 (eqs. 7-10) of everything fed so far, with classifier (W, b)."""

@@ -70,6 +70,7 @@ __all__ = [
     "recipe_search_trials",
     "read_jsonl",
     "best_before_first_step",
+    "full_batch_summary",
     "optimizer_steps",
 ]
 
@@ -658,6 +659,53 @@ def best_before_first_step(trial: dict) -> float:
     first = min(ms) if ms else float("inf")
     accs = [a for e, a in zip(trial["epoch"], trial["train_acc"]) if e <= first]
     return max(accs) if accs else float("nan")
+
+
+def full_batch_summary(trial: dict, budget_s: float = 1200) -> dict:
+    """What a full-batch L-BFGS trial of ``tools/recipe_search.py`` (one step per epoch) reaches
+    within a wall-clock budget and after all its steps, for comparison with the terminal-phase
+    targets of the ``cpu`` profile (:data:`TERMINAL_TARGETS`, :func:`terminal_phase_checks`:
+    final NC1 <= 1e-2 on MNIST or 5e-2 on CIFAR-10, final NC2 and NC3 <= 0.15 or 0.2, and 100%
+    training accuracy at every logged epoch of the last quarter).
+
+    A trial records only its total wall time, so ``s_per_step`` is the mean time per step
+    (evaluations included) and a logged step ``e`` counts as within the budget when
+    ``e * s_per_step <= budget_s``.  Keys of the returned dict:
+
+    * ``steps``, ``wall_s``, ``s_per_step``, ``budget_s``;
+    * ``best_acc``, ``best_step``, ``best_nc1``: the best logged training accuracy within the
+      budget (the earliest step on a tie), its step and the NC1 there;
+    * ``min_nc1``, ``min_nc2``, ``min_nc3``: the lowest logged values within the budget;
+    * ``nc1_target``, ``nc23_target``: the targets of the trial's dataset family, and
+      ``nc1_met_in_budget``: whether a logged NC1 within the budget is at or below its target;
+    * ``final_acc``, ``final_nc1``, ``final_nc2``, ``final_nc3``: at the last logged step;
+    * ``lowest_acc``, ``lowest_step``: the lowest logged training accuracy after step 1 (the
+      earliest on a tie);
+    * ``first_100_step``: the first logged step at 100% training accuracy, and ``first_100_s``,
+      its time ``first_100_step * s_per_step``.
+
+    Values that do not exist (no logged step within the budget, nothing logged after step 1,
+    never 100%) are None.
+    """
+    steps, wall = trial["epochs"], float(trial["wall_s"])
+    per_step = wall / steps
+    t = TERMINAL_TARGETS[_family(trial["dataset"])]
+    log = list(zip(trial["epoch"], trial["train_acc"], trial["nc1"], trial["nc2"], trial["nc3"]))
+    within = [r for r in log if r[0] * per_step <= budget_s]
+    best = max(within, key=lambda r: r[1]) if within else (None,) * 3   # max keeps the first of equal values
+    later = [r for r in log if r[0] > 1]
+    low = min(later, key=lambda r: r[1]) if later else (None,) * 2
+    first_100 = next((r[0] for r in log if r[1] >= 1.0), None)
+    lowest = {k: (min(r[i] for r in within) if within else None) for k, i in (("nc1", 2), ("nc2", 3), ("nc3", 4))}
+    return dict(
+        steps=steps, wall_s=wall, s_per_step=per_step, budget_s=float(budget_s),
+        best_acc=best[1], best_step=best[0], best_nc1=best[2],
+        min_nc1=lowest["nc1"], min_nc2=lowest["nc2"], min_nc3=lowest["nc3"],
+        nc1_target=t["nc1"], nc23_target=t["nc23"],
+        nc1_met_in_budget=bool(within) and lowest["nc1"] <= t["nc1"],
+        final_acc=log[-1][1], final_nc1=log[-1][2], final_nc2=log[-1][3], final_nc3=log[-1][4],
+        lowest_acc=low[1], lowest_step=low[0],
+        first_100_step=first_100, first_100_s=None if first_100 is None else first_100 * per_step)
 
 
 def read_jsonl(results_dir, name: str) -> list:

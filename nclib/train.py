@@ -277,7 +277,9 @@ def evaluate(model, X, y, *, num_classes: int, batch_size: int = 1024, nc: bool 
     ``N d`` is below :data:`IN_MEMORY_LIMIT`, giving exactly :func:`nclib.metrics.nc_metrics`'
     numbers (``batch_size`` a multiple of 512); beyond it streamed (d x d scatter: the same
     numbers to rounding, no ``ncc_mismatch``).  Non-finite features raise ValueError
-    ("... contain NaN or inf").
+    ("... contains NaN or inf").  The class means of ``geometry`` come from the same
+    accumulator (:meth:`~nclib.metrics.NCAccumulator.class_means`: no second copy of the
+    features, no second forward pass); a class without samples gets a zero mean.
 
     Returns a flat dict (``accuracy``, ``loss``, ``nc1``...``nc4``, extras, ``feature_norm``:
     the mean ``||h_i||``, ``W_norm``: ``||W||_F``); with ``geometry=True`` also
@@ -290,24 +292,23 @@ def evaluate(model, X, y, *, num_classes: int, batch_size: int = 1024, nc: bool 
     loss_sum = torch.zeros((), dtype=torch.float64, device=X.device)
     correct = torch.zeros(K, dtype=torch.long, device=X.device)
     hnorm = torch.zeros((), dtype=torch.float64, device=X.device)
-    feats = []
     in_memory = X.shape[0] * int(fc.weight.shape[1]) <= IN_MEMORY_LIMIT
-    # fresh forward outputs are never modified afterwards: kept without a copy (copy=False)
-    acc = NCAccumulator(K, copy=False, max_buffer_bytes=4 * IN_MEMORY_LIMIT if in_memory else 0) if nc else None
+    # fresh forward outputs are never modified afterwards: kept without a copy (copy=False);
+    # the accumulator also gives the class means of `geometry` and refuses non-finite features
+    acc = (NCAccumulator(K, copy=False, max_buffer_bytes=4 * IN_MEMORY_LIMIT if in_memory else 0)
+           if nc or geometry else None)
     try:
         for i in range(0, X.shape[0], batch_size):
             xb, yb = X[i:i + batch_size], y[i:i + batch_size]
             h, logits = _forward(model, xb)
             h, logits = h.float(), logits.float()
-            if not bool(torch.isfinite(h.sum())) and not bool(torch.isfinite(h).all()):  # (a sum: one cheap pass)
+            if acc is not None:
+                acc.update(h, yb)  # raises on NaN / inf; decisions from (W, b) in float64, as nc_metrics
+            elif not bool(torch.isfinite(h.sum())) and not bool(torch.isfinite(h).all()):  # one cheap pass
                 raise ValueError("the features contain NaN or inf")
             loss_sum += _losses.loss(logits, yb, loss, reduction="sum", **(loss_kw or {})).double()
             correct += torch.bincount(yb[logits.argmax(1) == yb], minlength=K)
             hnorm += h.double().norm(dim=1).sum()
-            if acc is not None:
-                acc.update(h, yb)  # decisions from (W, b) in float64, as nc_metrics makes them
-            if geometry and in_memory:
-                feats.append(h)
     finally:
         model.train(was_training)
     n = X.shape[0]
@@ -315,19 +316,13 @@ def evaluate(model, X, y, *, num_classes: int, batch_size: int = 1024, nc: bool 
            "W_norm": float(fc.weight.detach().double().norm())}
     W = fc.weight.detach()
     b = fc.bias.detach() if fc.bias is not None else torch.zeros(W.shape[0], device=W.device)
-    H = torch.cat(feats) if feats else None
     if nc:
         m = acc.compute(W, b).to_dict()
         m.pop("accuracy")  # the same count as `correct`
         out.update(m)
     if geometry:
         counts = torch.bincount(y, minlength=K).clamp_min(1)
-        if H is None:
-            H = torch.cat([_forward(model.eval(), X[i:i + batch_size])[0].float()
-                           for i in range(0, n, batch_size)])
-            model.train(was_training)
-        sums = torch.zeros(K, H.shape[1], dtype=torch.float64, device=H.device).index_add_(0, y, H.double())
-        out["class_means"] = (sums / counts[:, None]).cpu().tolist()
+        out["class_means"] = acc.class_means(allow_empty=True).cpu().tolist()  # a class without samples: 0
         out["acc_per_class"] = (correct.double() / counts).cpu().tolist()
     return out
 

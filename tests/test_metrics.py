@@ -1,4 +1,6 @@
 """Tests for nclib.metrics: eqs. (7)-(10) against brute-force loops and hand-made cases."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -313,6 +315,37 @@ def test_accumulator_float64_sums_that_overflow_are_rescaled():
         acc.update(H[i:i + 16] * 1e306, y[i:i + 16])
     assert acc._sums is False  # the overflow path was taken
     assert acc.compute(W, b).nc1 == pytest.approx(ref, rel=1e-10)
+
+
+@pytest.mark.parametrize("budget", [2 ** 30, 0])
+@pytest.mark.parametrize("scale", [1.0, 1e306, "float32"])
+def test_accumulator_class_means_are_the_brute_force_means(budget, scale):
+    # kept batches (pass 1 + residual correction) and the streaming sums, at unit scale, where
+    # the float64 sums overflow, and on float32 features far from collapse (float32 residuals
+    # would be rounded): the per-class loop with correctly rounded sums
+    W, b, H, y = random_problem(K=4, n=25, d=6, seed=21)
+    if scale == "float32":
+        H, scale = (100.0 * H).astype(np.float32), 1.0
+    H = H * scale
+    acc = metrics.NCAccumulator(4, max_buffer_bytes=budget)
+    for i in range(0, len(y), 16):
+        acc.update(H[i:i + 16], y[i:i + 16])
+    got = acc.class_means().numpy()
+    for k in range(4):
+        rows = H[y == k].astype(np.float64) / scale
+        want = np.array([math.fsum(c) for c in rows.T]) / len(rows)  # correctly rounded sums
+        np.testing.assert_allclose(got[k] / scale, want, rtol=1e-13, atol=0)
+    ref = metrics.class_means(H, y)[1].numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-13)
+    empty = metrics.NCAccumulator(5)
+    empty.update(H[:10], y[:10])
+    with pytest.raises(ValueError, match="no samples"):
+        empty.class_means()
+    part = empty.class_means(allow_empty=True).numpy()  # classes 0-3 seen, class 4 not: a zero row
+    np.testing.assert_array_equal(part[4], 0.0)
+    np.testing.assert_allclose(part[:4], metrics.class_means(H[:10], y[:10], 4)[1].numpy(), rtol=1e-13)
+    with pytest.raises(ValueError, match="no batch"):
+        metrics.NCAccumulator(3).class_means()
 
 
 # ----------------------------------------------------------------------------- errors

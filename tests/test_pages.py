@@ -95,3 +95,28 @@ def test_read_jsonl_reads_the_given_folder_and_falls_back_to_the_repository(tmp_
     assert pages.read_jsonl(tmp_path, "nosuch.jsonl") == []
     stored = pages.read_jsonl(tmp_path, "recipe_search.jsonl")  # not in tmp_path: the repository's copy
     assert stored and stored == pages.recipe_search_trials(tmp_path) and "nc1" in stored[0]
+
+
+def test_full_batch_summary_hand_made():
+    # 5 steps in 500 s: 100 s per step; a 300 s budget holds the logged steps 1, 2 and 3
+    t = dict(dataset="mnist", epochs=5, wall_s=500.0, epoch=[1, 2, 3, 5], train_acc=[0.5, 1.0, 0.1, 1.0],
+             nc1=[1.0, 0.2, 0.05, 0.005], nc2=[0.5, 0.4, 0.3, 0.1], nc3=[0.6, 0.5, 0.2, 0.1])
+    s = pages.full_batch_summary(t, budget_s=300)
+    assert s["s_per_step"] == 100.0 and s["steps"] == 5 and s["budget_s"] == 300.0
+    assert (s["best_acc"], s["best_step"], s["best_nc1"]) == (1.0, 2, 0.2)
+    assert (s["min_nc1"], s["min_nc2"], s["min_nc3"]) == (0.05, 0.3, 0.2)
+    assert (s["nc1_target"], s["nc23_target"]) == (1e-2, 0.15) and not s["nc1_met_in_budget"]   # 0.05 > 1e-2
+    assert (s["final_acc"], s["final_nc1"], s["final_nc2"], s["final_nc3"]) == (1.0, 0.005, 0.1, 0.1)
+    assert (s["lowest_acc"], s["lowest_step"]) == (0.1, 3)
+    assert (s["first_100_step"], s["first_100_s"]) == (2, 200.0)
+    # the whole run within 500 s: step 5 (NC1 0.005) meets the MNIST target; ties keep the earliest step
+    s = pages.full_batch_summary(t, budget_s=500)
+    assert s["nc1_met_in_budget"] and s["best_step"] == 2 and s["min_nc1"] == 0.005
+    # CIFAR-10 (the JPEG copy too): targets 5e-2 and 0.2; NC1 0.05 at step 3 meets it
+    s = pages.full_batch_summary(dict(t, dataset="cifar10-jpeg"), budget_s=300)
+    assert (s["nc1_target"], s["nc23_target"]) == (5e-2, 0.2) and s["nc1_met_in_budget"]
+    # nothing logged within the budget, nothing after step 1, never 100%: None
+    s = pages.full_batch_summary(dict(t, epoch=[1], train_acc=[0.5], nc1=[1.0], nc2=[0.5], nc3=[0.6]), budget_s=50)
+    assert s["best_acc"] is s["best_step"] is s["best_nc1"] is s["min_nc1"] is None and not s["nc1_met_in_budget"]
+    assert s["lowest_acc"] is s["lowest_step"] is s["first_100_step"] is s["first_100_s"] is None
+    assert s["final_acc"] == 0.5 and s["s_per_step"] == 100.0

@@ -352,6 +352,27 @@ def test_no_extra_forward_per_training_step():
     assert calls == [8, 8, 8, 6] * 3 + [30, 7]
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_evaluate_geometry_is_the_brute_force_class_means_from_one_forward_pass(monkeypatch, in_memory):
+    X, y = blobs(K=3, n=9)
+    model = make()
+    if not in_memory:  # N d beyond the limit: the streamed accumulator
+        monkeypatch.setattr(T, "IN_MEMORY_LIMIT", 8)
+    calls = []
+    orig = model.features
+    model.features = lambda x: (calls.append(x.shape[0]), orig(x))[1]
+    ev = T.evaluate(model, X, y, num_classes=3, batch_size=10, nc=False, geometry=True)
+    assert calls == [10, 10, 7]  # one pass, no second forward for the means
+    model.eval()
+    with torch.no_grad():
+        H = torch.cat([orig(X[i:i + 10]) for i in range(0, len(y), 10)]).double()  # the same batches
+        pred = torch.cat([model(X[i:i + 10]) for i in range(0, len(y), 10)]).argmax(1)
+    for k in range(3):
+        rows = [H[i] for i in range(len(y)) if y[i] == k]
+        np.testing.assert_allclose(ev["class_means"][k], (sum(rows) / len(rows)).numpy(), rtol=1e-12, atol=1e-15)
+        assert ev["acc_per_class"][k] == sum(int(pred[i] == k) for i in range(len(y)) if y[i] == k) / len(rows)
+
+
 def test_bf16_autocast_runs_and_is_recorded():
     X, y = blobs()
     h = T.train(make(), (X, y), epochs=1, batch_size=10, precision="bf16", **KW)
