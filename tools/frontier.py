@@ -1,0 +1,61 @@
+"""The compute frontier of the ``cpu`` profile: a stored run retrained with its schedule stretched.
+
+The ``cpu`` recipe (``nclib.configs``: 150 epochs, learning rate x 0.1 at epochs 70 and 120) fills
+the profile's budget (about 4 core-hours for all runs, about 20 minutes a run).  For the runs that
+miss a terminal-phase target (``nclib.pages.terminal_phase_checks``), this retrains the same
+configuration with every epoch count of the schedule multiplied by ``--factor`` (epochs and both
+milestones; same data, seed, width, batch, learning rates, weight decay) and records what the longer
+run reaches, so that the issue note and the pages can say whether a target is a matter of compute.
+Training-set targets only decide; the test metrics are recorded as every run records them.
+
+Usage::
+
+    python tools/frontier.py [--factor 1.5] NAME [NAME ...]
+
+Each run appends one JSON line to ``book/results/frontier.jsonl``: the name, factor, epochs,
+milestones, wall time, threads, the logged history (epoch, train accuracy, NC1-NC4 train, test
+accuracy, test NC1) and the target checks.
+"""
+import argparse
+import json
+import pathlib
+import time
+
+from nclib import configs, experiments, pages, threads
+
+OUT = pathlib.Path(__file__).resolve().parents[1] / "book" / "results" / "frontier.jsonl"
+KEEP = ("epoch", "train_acc", "nc1", "nc2", "nc3", "nc4", "test_acc", "test_nc1")
+
+
+def stretched(name: str, factor: float) -> configs.ExperimentConfig:
+    """The ``cpu`` configuration ``name`` with epochs and milestones multiplied by ``factor``."""
+    cfg = configs.get_config(name, "cpu")
+    if cfg.lr_milestones is None:
+        raise ValueError(f"{name!r} has no learning-rate milestones (L-BFGS?): nothing to stretch")
+    return cfg.replace(epochs=round(cfg.epochs * factor),
+                       lr_milestones=tuple(round(m * factor) for m in cfg.lr_milestones))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="+")
+    ap.add_argument("--factor", type=float, default=1.5)
+    ap.add_argument("--out", type=pathlib.Path, default=OUT)
+    args = ap.parse_args(argv)
+    n_threads = threads.configure(1)
+    for name in args.names:
+        cfg = stretched(name, args.factor)
+        t0 = time.time()
+        res = experiments.run_experiment(cfg, progress=False)
+        h = res["history"]
+        rec = dict(name=name, factor=args.factor, epochs=cfg.epochs, lr_milestones=list(cfg.lr_milestones),
+                   wall_s=time.time() - t0, threads=n_threads, commit=res["provenance"].get("git_commit"),
+                   history={k: h[k] for k in KEEP if k in h}, checks=pages.terminal_phase_checks(res))
+        with open(args.out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        missed = [c["target"] for c in rec["checks"] if not c["met"]]
+        print(name, f"{rec['wall_s'] / 60:.1f} min", "all met" if not missed else f"missed: {missed}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
