@@ -71,6 +71,8 @@ __all__ = [
     "read_jsonl",
     "best_before_first_step",
     "full_batch_summary",
+    "frontier_checks",
+    "frontier_markdown",
     "optimizer_steps",
 ]
 
@@ -706,6 +708,45 @@ def full_batch_summary(trial: dict, budget_s: float = 1200) -> dict:
         final_acc=log[-1][1], final_nc1=log[-1][2], final_nc2=log[-1][3], final_nc3=log[-1][4],
         lowest_acc=low[1], lowest_step=low[0],
         first_100_step=first_100, first_100_s=None if first_100 is None else first_100 * per_step)
+
+
+def frontier_checks(record: dict) -> list:
+    """:func:`terminal_phase_checks` of one record of ``tools/frontier.py`` (a ``cpu`` run
+    retrained with its schedule stretched), recomputed from the record's history."""
+    cfg = C.get_config(record["name"], "cpu")
+    return terminal_phase_checks(dict(history=record["history"],
+                                      config=dict(dataset=cfg.dataset, epochs=record["epochs"])))
+
+
+def frontier_markdown(records: list, runs: dict) -> str:
+    """What the runs of ``runs`` (label -> stored ``cpu`` results) that miss a terminal-phase
+    target reach with more compute: one line per record of ``tools/frontier.py``
+    (``results/frontier.jsonl``) whose run is in ``runs`` (a ``cpu`` run of the same name), with
+    its factor, schedule and wall time and the targets it still misses or now meets; "" when
+    no record matches."""
+    by_name = {r["config"]["name"]: (label, r) for label, r in runs.items() if r["config"].get("profile") == "cpu"}
+    lines = []
+    for rec in records:
+        if rec["name"] not in by_name:
+            continue
+        label, res = by_name[rec["name"]]
+        before = [c["target"] for c in terminal_phase_checks(res) if not c["met"]]
+        after = [c for c in frontier_checks(rec) if not c["met"]]
+        m = rec["lr_milestones"]
+        head = (f"- {label}: {rec['factor']:g}x the schedule ({rec['epochs']} epochs, steps at "
+                f"{' and '.join(str(e) for e in m)}), {rec['wall_s'] / 60:.1f} min; missed before: "
+                f"{', '.join(before) if before else 'none'}; ")
+        if after:
+            head += "still missed: " + "; ".join(
+                f"{c['target']} {_fmt_check(c)} against {_fmt_check(c, 'threshold')}" for c in after) + "."
+        else:
+            head += "**every target met**."
+        lines.append(head)
+    if not lines:
+        return ""
+    return ("With more compute (`tools/frontier.py`, stored in `results/frontier.jsonl`: the same configuration "
+            "with every epoch count of the schedule multiplied; wall times on one thread):\n\n"
+            + "\n".join(lines))
 
 
 def read_jsonl(results_dir, name: str) -> list:

@@ -120,3 +120,31 @@ def test_full_batch_summary_hand_made():
     assert s["best_acc"] is s["best_step"] is s["best_nc1"] is s["min_nc1"] is None and not s["nc1_met_in_budget"]
     assert s["lowest_acc"] is s["lowest_step"] is s["first_100_step"] is s["first_100_s"] is None
     assert s["final_acc"] == 0.5 and s["s_per_step"] == 100.0
+
+
+def _frontier_history(last_acc, nc1_final):
+    return dict(epoch=[1, 100, 200, 225], train_acc=[0.5, 1.0, last_acc, 1.0], nc1=[1.0, 0.1, 0.01, nc1_final],
+                nc2=[0.5, 0.2, 0.1, 0.1], nc3=[0.5, 0.2, 0.1, 0.1], nc4=[1.0, 2.0, 0.5, 0.4])
+
+
+def test_frontier_checks_and_markdown_hand_made():
+    # fig7-mnist-resnet18-dk is an MNIST run: NC1 <= 1e-2 and a 100x drop; the last quarter of 225
+    # epochs holds the logged epochs 200 and 225
+    rec = dict(name="fig7-mnist-resnet18-dk", factor=1.5, epochs=225, lr_milestones=[105, 180], wall_s=600.0,
+               history=_frontier_history(1.0, 0.005))
+    assert all(c["met"] for c in pages.frontier_checks(rec))
+    worse = dict(rec, history=_frontier_history(0.998, 0.02))
+    missed = [c["target"] for c in pages.frontier_checks(worse) if not c["met"]]
+    assert missed == ["train acc = 100% (last quarter)", "NC1 final", "NC1 drop from epoch 1"]
+    stored = dict(config=dict(name="fig7-mnist-resnet18-dk", profile="cpu", dataset="mnist", epochs=150),
+                  history=dict(epoch=[1, 150], train_acc=[0.5, 1.0], nc1=[1.0, 0.001], nc2=[0.5, 0.2],
+                               nc3=[0.5, 0.1], nc4=[1.0, 0.4]))
+    text = pages.frontier_markdown([rec, worse, dict(rec, name="fig3-mnist-sgd")], {"mnist dk": stored})
+    lines = text.splitlines()[2:]
+    assert len(lines) == 2  # the fig3 record has no run shown
+    assert lines[0].startswith("- mnist dk: 1.5x the schedule (225 epochs, steps at 105 and 180), 10.0 min; "
+                               "missed before: NC2 final; ") and lines[0].endswith("**every target met**.")
+    assert "still missed: train acc = 100% (last quarter) 99.80% against 100.00%; NC1 final 0.02 against 0.01" in lines[1]
+    assert pages.frontier_markdown([rec], {}) == ""
+    smoke = dict(stored, config=dict(stored["config"], profile="smoke"))  # same name, another profile
+    assert pages.frontier_markdown([rec], {"mnist dk": smoke}) == ""
