@@ -3,6 +3,7 @@
 Usage::
 
     python tools/targets_report.py [--profile cpu] [--results-dir book/results]
+    python tools/targets_report.py --frontier     # the runs of tools/frontier.py (results/frontier.jsonl)
 
 One row per configuration of the profile that has a stored result; a run that another run trains
 (e.g. ``fig6-*-all`` is ``fig3-*-sgd``) is a copy of that result and its wall time says "copy of ...";
@@ -39,11 +40,31 @@ def row(res: dict) -> str:
             f"{nc[1]} | {nc[2]} | {100 * f['train_acc']:.2f}% | {100 * f['test_acc']:.1f}% | {verdict} |")
 
 
+def frontier_table(results_dir: str) -> None:
+    """The records of ``tools/frontier.py``: the stored run's misses against the stretched run's."""
+    print("| run | schedule | wall time | NC1 | NC2 | NC3 | train acc, last quarter (min) | missed before "
+          "| missed with the longer schedule |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---|")
+    for rec in P.read_jsonl(results_dir, "frontier.jsonl"):
+        stored = E.load_results_file(E.results_path(C.get_config(rec["name"], "cpu"), results_dir))
+        before = [x["target"] for x in P.terminal_phase_checks(stored) if not x["met"]]
+        checks = P.frontier_checks(rec)
+        after = [x["target"] for x in checks if not x["met"]]
+        h = rec["history"]
+        print(f"| {rec['name']} | {rec['factor']:g}x: {rec['epochs']} epochs, steps at "
+              f"{', '.join(map(str, rec['lr_milestones']))} | {rec['wall_s'] / 60:.1f} min | {_g(h['nc1'][-1])} | "
+              f"{_g(h['nc2'][-1])} | {_g(h['nc3'][-1])} | {100 * checks[0]['value']:.2f}% | "
+              f"{', '.join(before) or 'none'} | {', '.join(after) or 'none: all met'} |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--results-dir", default="book/results")
+    ap.add_argument("--frontier", action="store_true", help="the table of tools/frontier.py's runs instead")
     a = ap.parse_args(argv)
+    if a.frontier:
+        return frontier_table(a.results_dir)
     print("| run | steps | wall time | NC1 train / test | NC2 | NC3 train / test | NC4 train / test | train acc "
           "| test acc | targets |")
     print("|---|---:|---:|---|---:|---|---|---:|---:|---|")
