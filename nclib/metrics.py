@@ -429,10 +429,10 @@ def _refine_means(src: _Source, K, means, counts):
     :func:`class_means`, :func:`nc3` and :meth:`NCAccumulator.class_means`)."""
     rsum = torch.zeros_like(means)
     for Hc, yc, _ in src.blocks():
-        X = Hc.to(torch.float64)
+        X = Hc.to(torch.float64, copy=True)
         if src.scale != 1.0:
-            X = X * src.scale
-        rsum.index_add_(0, yc, X.sub_(means[yc]) if X is not Hc else X - means[yc])
+            X.mul_(src.scale)
+        rsum.index_add_(0, yc, X.sub_(means[yc]))
     return means + rsum / counts[:, None]
 
 

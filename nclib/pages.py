@@ -72,6 +72,7 @@ __all__ = [
     "best_before_first_step",
     "full_batch_summary",
     "frontier_checks",
+    "frontier_rows",
     "frontier_markdown",
     "optimizer_steps",
 ]
@@ -718,20 +719,28 @@ def frontier_checks(record: dict) -> list:
                                       config=dict(dataset=cfg.dataset, epochs=record["epochs"])))
 
 
+def frontier_rows(records: list, runs: dict) -> list:
+    """The records of ``tools/frontier.py`` whose run is in ``runs`` (label -> stored results; a
+    ``cpu`` run of the same configuration name), as ``(label, record, missed_before,
+    missed_after)``: the targets the stored run misses (names) and the checks the stretched run
+    still misses (:func:`frontier_checks` rows)."""
+    by_name = {r["config"]["name"]: (label, r) for label, r in runs.items() if r["config"].get("profile") == "cpu"}
+    rows = []
+    for rec in records:
+        if rec["name"] in by_name:
+            label, res = by_name[rec["name"]]
+            before = [c["target"] for c in terminal_phase_checks(res) if not c["met"]]
+            rows.append((label, rec, before, [c for c in frontier_checks(rec) if not c["met"]]))
+    return rows
+
+
 def frontier_markdown(records: list, runs: dict) -> str:
     """What the runs of ``runs`` (label -> stored ``cpu`` results) that miss a terminal-phase
-    target reach with more compute: one line per record of ``tools/frontier.py``
-    (``results/frontier.jsonl``) whose run is in ``runs`` (a ``cpu`` run of the same name), with
-    its factor, schedule and wall time and the targets it still misses or now meets; "" when
-    no record matches."""
-    by_name = {r["config"]["name"]: (label, r) for label, r in runs.items() if r["config"].get("profile") == "cpu"}
+    target reach with more compute: one line per row of :func:`frontier_rows`, with the factor,
+    schedule and wall time and the targets the run still misses or now meets; "" when no
+    record matches."""
     lines = []
-    for rec in records:
-        if rec["name"] not in by_name:
-            continue
-        label, res = by_name[rec["name"]]
-        before = [c["target"] for c in terminal_phase_checks(res) if not c["met"]]
-        after = [c for c in frontier_checks(rec) if not c["met"]]
+    for label, rec, before, after in frontier_rows(records, runs):
         m = rec["lr_milestones"]
         head = (f"- {label}: {rec['factor']:g}x the schedule ({rec['epochs']} epochs, steps at "
                 f"{' and '.join(str(e) for e in m)}), {rec['wall_s'] / 60:.1f} min; missed before: "

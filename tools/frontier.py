@@ -42,11 +42,16 @@ def main(argv=None):
     ap.add_argument("--factor", type=float, default=1.5)
     ap.add_argument("--out", type=pathlib.Path, default=OUT)
     args = ap.parse_args(argv)
+    if not args.factor > 0:
+        ap.error(f"--factor must be > 0, got {args.factor}")
+    try:  # every name checked before the first run trains
+        cfgs = {name: stretched(name, args.factor) for name in args.names}
+    except ValueError as exc:
+        ap.error(str(exc))
     n_threads = threads.configure(1)
-    for name in args.names:
-        cfg = stretched(name, args.factor)
+    for name, cfg in cfgs.items():
         t0 = time.time()
-        res = experiments.run_experiment(cfg, progress=False)
+        res = experiments.run_experiment(cfg, progress=True)  # a bar per run (stderr)
         h = res["history"]
         rec = dict(name=name, factor=args.factor, epochs=cfg.epochs, lr_milestones=list(cfg.lr_milestones),
                    wall_s=time.time() - t0, threads=n_threads, commit=res["provenance"].get("git_commit"),

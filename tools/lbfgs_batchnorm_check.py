@@ -42,7 +42,7 @@ def main(ds, steps):
     t0 = time.time()
     try:
         h = T.train(model, (X, y), None, num_classes=10, optimizer="lbfgs", epochs=steps, lr=0.1,
-                    batch_size=len(y), lr_step=None, weight_decay=5e-3, log_epochs="log", progress=False)
+                    batch_size=len(y), lr_step=None, weight_decay=5e-3, log_epochs="log", progress=True)
     finally:
         T.recalibrate_batchnorm = real
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
