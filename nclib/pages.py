@@ -758,6 +758,53 @@ def frontier_markdown(records: list, runs: dict) -> str:
             + "\n".join(lines))
 
 
+def unfitted_rows(records: list, runs: dict) -> list:
+    """The records of ``tools/bn_eval_check.py`` whose run is in ``runs`` (label -> stored ``cpu``
+    results), as ``(label, record, before, after)``: the indices of the training images wrong at
+    the final weights in eval mode with the running BatchNorm statistics (``before``) and after
+    re-estimating them (``after``), as sets."""
+    by_name = {r["config"]["name"]: label for label, r in runs.items() if r["config"].get("profile") == "cpu"}
+    return [(by_name[rec["name"]], rec, {w["index"] for w in rec["wrong_eval_running"]},
+             {w["index"] for w in rec["wrong_eval_recalibrated"]}) for rec in records if rec["name"] in by_name]
+
+
+def unfitted_markdown(records: list, runs: dict, class_names=None) -> str:
+    """Which training images the runs of ``runs`` still misclassify at their final weights, and
+    what re-estimated BatchNorm statistics change (:func:`unfitted_rows`); "" when no record
+    matches.  ``class_names``: dataset name -> names of its labels (else the label numbers)."""
+    rows = unfitted_rows(records, runs)
+    if not rows:
+        return ""
+    lines = []
+    for label, rec, before, after in rows:
+        names = (class_names or {}).get(runs[label]["config"]["dataset"])
+        name = (lambda k, names=names: names[k]) if names else str
+        wrong = ", ".join(f"#{w['index']} ({name(w['label'])} taken for {name(w['pred'])}, margin {w['margin']:.2f})"
+                          for w in rec["wrong_eval_running"])
+        if after == before:
+            change = "the same image" if len(after) == 1 else "the same images"
+        else:
+            new_wrong = len(after - before)
+            change = f"{len(before - after)} of these fixed, {new_wrong} other{'' if new_wrong == 1 else 's'} now wrong"
+        lines.append(f"- {label}: {len(before)} of {rec['n_train']:,} training images wrong at the final weights"
+                     f"{': ' + wrong if wrong else ''}. With re-estimated statistics: {len(after)} wrong ({change}).")
+    if all(after for *_, after in rows):
+        fixed = max(len(b - a) for *_, b, a in rows)
+        fixed = "not one image fixed" if fixed == 0 else f"at most {fixed} image{'' if fixed == 1 else 's'} of a run fixed"
+        verdict = (f"No run reaches 100% with re-estimated statistics ({fixed}): the "
+                   "running statistics are not what keeps these runs from the target; the network has not fitted "
+                   "these images.")
+    else:
+        verdict = ("With re-estimated statistics "
+                   + ", ".join(label for label, *_, after in rows if not after)
+                   + " classify(ies) every training image: there the miss is eval mode's running statistics.")
+    return ("Which training images stay wrong (`tools/bn_eval_check.py`, stored in `results/bn_eval_check.jsonl`: "
+            "the run retrained with the same seed and settings, its history checked equal to the stored one, then "
+            "classified in eval mode with the running BatchNorm statistics, and again after re-estimating them at "
+            "the final weights; #: the image's index in the training subset; margin: the top logit minus the logit of the label):\n\n"
+            + "\n".join(lines) + "\n\n" + verdict)
+
+
 def read_jsonl(results_dir, name: str) -> list:
     """The records of a JSON-lines file ``name`` of stored results (one dict per line), read from
     ``results_dir``, else from the repository's ``book/results`` beside this package (e.g. when a

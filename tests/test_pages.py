@@ -127,6 +127,40 @@ def _frontier_history(last_acc, nc1_final):
                 nc2=[0.5, 0.2, 0.1, 0.1], nc3=[0.5, 0.2, 0.1, 0.1], nc4=[1.0, 2.0, 0.5, 0.4])
 
 
+def _unfitted_record(name, before, after):
+    w = lambda idx: [dict(index=i, label=i % 10, pred=(i + 1) % 10, margin=0.5) for i in idx]  # noqa: E731
+    return dict(name=name, n_train=5000, reproduces_stored_history=True, eval_running=1 - len(before) / 5000,
+                wrong_eval_running=w(before), wrong_eval_recalibrated=w(after))
+
+
+def test_unfitted_rows_and_markdown_hand_made():
+    cfg = lambda name, profile="cpu": dict(config=dict(name=name, profile=profile, dataset="cifar10-jpeg"))  # noqa: E731
+    runs = {"cifar etf": cfg("fig7-cifar10-resnet18-etf"), "cifar eq4": cfg("fig6-cifar10-eq4")}
+    same = _unfitted_record("fig7-cifar10-resnet18-etf", [12], [12])
+    fewer = _unfitted_record("fig6-cifar10-eq4", [3, 7, 9], [7, 9, 21])
+    other = _unfitted_record("fig3-mnist-sgd", [1], [1])  # no run shown for it
+    rows = pages.unfitted_rows([same, fewer, other], runs)
+    assert [(label, b, a) for label, _, b, a in rows] == [("cifar etf", {12}, {12}), ("cifar eq4", {3, 7, 9}, {7, 9, 21})]
+    names = {"cifar10-jpeg": ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")}
+    lines = pages.unfitted_markdown([same, fewer, other], runs, names).split("\n\n")
+    assert lines[1].splitlines() == [
+        "- cifar etf: 1 of 5,000 training images wrong at the final weights: #12 (bird taken for cat, margin 0.50). "
+        "With re-estimated statistics: 1 wrong (the same image).",
+        "- cifar eq4: 3 of 5,000 training images wrong at the final weights: #3 (cat taken for deer, margin 0.50), "
+        "#7 (horse taken for ship, margin 0.50), #9 (truck taken for plane, margin 0.50). "
+        "With re-estimated statistics: 3 wrong (1 of these fixed, 1 other now wrong)."]
+    assert lines[2].startswith("No run reaches 100% with re-estimated statistics (at most 1 image of a run fixed)")
+    none = pages.unfitted_markdown([same], runs)
+    assert "(not one image fixed)" in none and "#12 (2 taken for 3, margin 0.50)" in none
+    fixed = _unfitted_record("fig6-cifar10-eq4", [3], [])
+    text = pages.unfitted_markdown([same, fixed], runs)  # label numbers without names
+    assert "#3 (3 taken for 4, margin 0.50)" in text
+    assert text.endswith("With re-estimated statistics cifar eq4 classify(ies) every training image: there the miss "
+                         "is eval mode's running statistics.")
+    assert pages.unfitted_markdown([same], {}) == ""
+    assert pages.unfitted_markdown([same], {"cifar etf": cfg("fig7-cifar10-resnet18-etf", "smoke")}) == ""
+
+
 def test_frontier_checks_and_markdown_hand_made():
     # fig7-mnist-resnet18-dk is an MNIST run: NC1 <= 1e-2 and a 100x drop; the last quarter of 225
     # epochs holds the logged epochs 200 and 225
