@@ -55,6 +55,7 @@ __all__ = [
     "MANIFEST_NAME",
     "load_or_run",
     "run_experiment",
+    "config_data",
 ]
 
 _RESULTS_FORMAT = 2
@@ -346,7 +347,7 @@ def run_experiment(config: ExperimentConfig, *, device=None, checkpoint=None, pr
     from . import train as T
 
     config = check_config(config)
-    (X, y), (Xt, yt), data_info = _data(config)
+    (X, y), (Xt, yt), data_info = config_data(config)
     K = data_info["num_classes"]
     torch.manual_seed(config.seed)
     model = M.build(config.model, K, feature_dim=config.feature_dim, fixed_classifier=config.fixed_classifier,
@@ -372,9 +373,10 @@ def run_experiment(config: ExperimentConfig, *, device=None, checkpoint=None, pr
     return _results(config, history, params, data_info, elapsed, provenance_extra)
 
 
-def _data(config: ExperimentConfig) -> tuple:
-    """The training and test sets of a configuration and a description of them (sizes,
-    class counts, random-label seed and SHA-256, the padding value of the augmentation)."""
+def config_data(config: ExperimentConfig) -> tuple:
+    """The training and test sets of a configuration, as :func:`run_experiment` trains and
+    evaluates on them, and a description of them (sizes, class counts, random-label seed and
+    SHA-256, the padding value of the augmentation): ``((X, y), (X_test, y_test), info)``."""
     import torch
 
     from . import data as D

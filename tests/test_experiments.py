@@ -160,6 +160,25 @@ def test_smoke_run_of_every_configuration(name, tmp_path, monkeypatch):
     assert again == res
 
 
+@pytest.mark.parametrize("name", ["imb-mnist-r10", "fig5-resnet18-w1"])
+def test_config_data_is_what_a_run_describes(name):
+    # class sizes and random labels: the sets a run trains on, against an independent load
+    from nclib import data as D
+    c = E.get_config(name, "smoke")
+    (X, y), (Xt, yt), info = E.config_data(c)
+    assert info["n_train"] == X.shape[0] == y.shape[0] and info["n_test"] == Xt.shape[0] == yt.shape[0]
+    assert info["class_counts"] == torch.bincount(y, minlength=10).tolist()
+    if c.class_counts is not None:
+        assert info["class_counts"] == list(c.class_counts)
+    X0, y0 = D.load_dataset(c.dataset, "train", n_per_class=max(c.class_counts or [c.n_per_class]),
+                            normalization=c.normalization, seed=c.seed)
+    if c.random_labels:  # same images, labels redrawn (balanced, seeded)
+        assert torch.equal(X, X0) and torch.equal(y, D.balanced_random_labels(X.shape[0], 10, c.seed))
+    else:  # the first class_counts[k] images of each class, in the subset's order
+        keep = torch.cat([torch.nonzero(y0 == k).flatten()[:n] for k, n in enumerate(c.class_counts)]).sort().values
+        assert torch.equal(X, X0[keep]) and torch.equal(y, y0[keep])
+
+
 # ----------------------------------------------------------------------------- the store
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory):

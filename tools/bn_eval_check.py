@@ -57,7 +57,7 @@ def check(name: str) -> dict:
         ck = pathlib.Path(tmp) / "ck.pt"
         res = experiments.run_experiment(cfg, checkpoint=str(ck), progress=True)
         state = torch.load(ck, weights_only=False)["model"]
-    (X, y), _, info = experiments._data(cfg)
+    (X, y), _, info = experiments.config_data(cfg)
     model = M.build(cfg.model, info["num_classes"], feature_dim=cfg.feature_dim,
                     fixed_classifier=cfg.fixed_classifier, width=cfg.width, depth=cfg.depth, stem=cfg.stem)
     model.load_state_dict(state)
