@@ -33,7 +33,8 @@ import torch
 from nclib import configs, experiments, models as M, threads, train as T
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-OUT = ROOT / "book" / "results" / "bn_eval_check.jsonl"
+RESULTS = ROOT / "book" / "results"
+OUT = RESULTS / "bn_eval_check.jsonl"
 
 
 @torch.no_grad()
@@ -51,7 +52,7 @@ def wrong(z, y):
 
 def check(name: str) -> dict:
     cfg = configs.get_config(name, "cpu")
-    stored = json.loads(next((ROOT / "book" / "results").glob(f"{name}__cpu__*.json")).read_text())
+    stored = experiments.load_results_file(experiments.results_path(cfg, RESULTS))
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         ck = pathlib.Path(tmp) / "ck.pt"
@@ -71,7 +72,8 @@ def check(name: str) -> dict:
     return dict(name=name, n_train=int(X.shape[0]), reproduces_stored_history=same,
                 logged_train_acc=h["train_acc"][-1], stored_train_acc=hs["train_acc"][-1],
                 eval_running=acc(z_eval), eval_recalibrated=acc(z_recal),
-                wrong_eval_running=wrong(z_eval, y), wrong_eval_recalibrated=wrong(z_recal, y), batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+                wrong_eval_running=wrong(z_eval, y), wrong_eval_recalibrated=wrong(z_recal, y),
+                batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
                 wall_s=time.time() - t0, git_commit=res["provenance"].get("git_commit"),
                 cpu_threads=torch.get_num_threads(),
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
@@ -87,8 +89,9 @@ def main(argv=None):
             configs.get_config(name, "cpu")
         except (KeyError, ValueError) as exc:
             ap.error(str(exc))
-        if not list((ROOT / "book" / "results").glob(f"{name}__cpu__*.json")):
-            ap.error(f"no stored cpu result for {name!r} in book/results/")
+        path = experiments.results_path(configs.get_config(name, "cpu"), RESULTS)
+        if not path.exists():
+            ap.error(f"no stored cpu result for {name!r}: {path} is missing")
     threads.configure(1)
     for name in args.names:
         rec = check(name)
