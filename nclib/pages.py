@@ -74,6 +74,8 @@ __all__ = [
     "frontier_checks",
     "frontier_rows",
     "frontier_markdown",
+    "unfitted_rows",
+    "unfitted_markdown",
     "optimizer_steps",
 ]
 
@@ -719,12 +721,17 @@ def frontier_checks(record: dict) -> list:
                                       config=dict(dataset=cfg.dataset, epochs=record["epochs"])))
 
 
+def _cpu_runs_by_name(runs: dict) -> dict:
+    """``runs`` (label -> stored results) of the ``cpu`` profile by configuration name: name -> (label, results)."""
+    return {r["config"]["name"]: (label, r) for label, r in runs.items() if r["config"].get("profile") == "cpu"}
+
+
 def frontier_rows(records: list, runs: dict) -> list:
     """The records of ``tools/frontier.py`` whose run is in ``runs`` (label -> stored results; a
     ``cpu`` run of the same configuration name), as ``(label, record, missed_before,
     missed_after)``: the targets the stored run misses (names) and the checks the stretched run
     still misses (:func:`frontier_checks` rows)."""
-    by_name = {r["config"]["name"]: (label, r) for label, r in runs.items() if r["config"].get("profile") == "cpu"}
+    by_name = _cpu_runs_by_name(runs)
     rows = []
     for rec in records:
         if rec["name"] in by_name:
@@ -763,8 +770,8 @@ def unfitted_rows(records: list, runs: dict) -> list:
     results), as ``(label, record, before, after)``: the indices of the training images wrong at
     the final weights in eval mode with the running BatchNorm statistics (``before``) and after
     re-estimating them (``after``), as sets."""
-    by_name = {r["config"]["name"]: label for label, r in runs.items() if r["config"].get("profile") == "cpu"}
-    return [(by_name[rec["name"]], rec, {w["index"] for w in rec["wrong_eval_running"]},
+    by_name = _cpu_runs_by_name(runs)
+    return [(by_name[rec["name"]][0], rec, {w["index"] for w in rec["wrong_eval_running"]},
              {w["index"] for w in rec["wrong_eval_recalibrated"]}) for rec in records if rec["name"] in by_name]
 
 
@@ -795,9 +802,9 @@ def unfitted_markdown(records: list, runs: dict, class_names=None) -> str:
                    "running statistics are not what keeps these runs from the target; the network has not fitted "
                    "these images.")
     else:
-        verdict = ("With re-estimated statistics "
-                   + ", ".join(label for label, *_, after in rows if not after)
-                   + " classify(ies) every training image: there the miss is eval mode's running statistics.")
+        fitted = [label for label, *_, after in rows if not after]
+        verdict = (f"With re-estimated statistics, {' and '.join(fitted)} classif{'ies' if len(fitted) == 1 else 'y'} "
+                   "every training image: there the miss is eval mode's running statistics.")
     return ("Which training images stay wrong (`tools/bn_eval_check.py`, stored in `results/bn_eval_check.jsonl`: "
             "the run retrained with the same seed and settings, its history checked equal to the stored one, then "
             "classified in eval mode with the running BatchNorm statistics, and again after re-estimating them at "

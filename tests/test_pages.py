@@ -155,7 +155,7 @@ def test_unfitted_rows_and_markdown_hand_made():
     fixed = _unfitted_record("fig6-cifar10-eq4", [3], [])
     text = pages.unfitted_markdown([same, fixed], runs)  # label numbers without names
     assert "#3 (3 taken for 4, margin 0.50)" in text
-    assert text.endswith("With re-estimated statistics cifar eq4 classify(ies) every training image: there the miss "
+    assert text.endswith("With re-estimated statistics, cifar eq4 classifies every training image: there the miss "
                          "is eval mode's running statistics.")
     assert pages.unfitted_markdown([same], {}) == ""
     assert pages.unfitted_markdown([same], {"cifar etf": cfg("fig7-cifar10-resnet18-etf", "smoke")}) == ""
