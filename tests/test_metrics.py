@@ -178,6 +178,83 @@ def test_extras_against_loops():
     assert metrics.ncc_mismatch(W, b, H, y) == pytest.approx(mism / len(y), abs=1e-15)
 
 
+def brute_force_decisions(W, b, H, y, means):
+    """Per sample: the classifier's argmax and the nearest class centre (loops, float64)."""
+    H = np.asarray(H, dtype=np.float64)
+    net = np.array([np.argmax(W @ h + b) for h in H])
+    ncc = np.array([np.argmin([np.sum((h - m) ** 2) for m in means]) for h in H])
+    return float(np.mean(net == y)), float(np.mean(net != ncc))
+
+
+@pytest.mark.parametrize("order", ["by class", "shuffled", "by class, one run reversed"])
+def test_class_ordered_chunks_against_brute_force(order):
+    # 1,500 samples per class: class-ordered labels give chunks of one class (a broadcast
+    # subtraction) and chunks that straddle two classes; the per-sample decisions are then
+    # counted class by class, which must equal the per-sample loops in any label order
+    K, n, d = 3, 1500, 5
+    rng = np.random.default_rng(21)
+    y = np.repeat(np.arange(K), n)
+    if order == "shuffled":
+        y = rng.permutation(y)
+    elif order != "by class":
+        y[1000:2000] = y[1000:2000][::-1].copy()
+    H = (1.5 * rng.standard_normal((K, d))[y] + rng.standard_normal((K * n, d))).astype(np.float32)
+    W, b = rng.standard_normal((K, d)), rng.standard_normal(K)
+    nc1, nc2, nc3, nc4, acc, means = brute_force(W, b, H, y, K)
+    acc_loop, mism = brute_force_decisions(W, b, H, y, means)
+    assert acc_loop == acc and 0.05 < acc < 0.95 and mism > 0.05  # a case where both count
+    m = metrics.nc_metrics(W, b, H, y)
+    # float32 features: NC1 to the float32 grade the module documents (3e-8 .. 4e-7); NC3 and NC4
+    # through float32 products of residuals as large as the means here: float32's eps, 6e-8
+    assert m.nc1 == pytest.approx(nc1, rel=1e-6)
+    np.testing.assert_allclose([m.nc2, m.nc3, m.nc4], [nc2, nc3, nc4], rtol=1e-7)
+    assert m.accuracy == acc and m.extras["ncc_mismatch"] == pytest.approx(mism, abs=1e-15)
+    for logits in (False, True):  # the accumulator, with the decisions from given logits or from (W, b)
+        a = metrics.NCAccumulator(K, copy=False)
+        for i in range(0, K * n, 700):
+            hb = torch.from_numpy(H[i:i + 700])
+            a.update(hb, y[i:i + 700], logits=hb.double() @ torch.tensor(W).T + torch.tensor(b) if logits else None)
+        got = a.compute(W, b)
+        assert got.accuracy == acc and got.extras["ncc_mismatch"] == pytest.approx(mism, abs=1e-15)
+        assert got.nc1 == pytest.approx(nc1, rel=1e-6)
+
+
+def test_tied_logits_are_decided_as_argmax_decides_them():
+    # two identical classifier rows: every sample of class 1 ties with class 0 and argmax
+    # (the first largest) says 0, so only class 0 and class 2 count as right
+    K, n, d = 3, 1200, 4
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(K), n)
+    H = 4.0 * np.eye(K, d)[y] + 0.1 * rng.standard_normal((K * n, d))
+    W = np.eye(K, d)
+    W[1] = W[0]
+    b = np.zeros(K)
+    m = metrics.nc_metrics(W, b, H, y)
+    assert m.accuracy == np.mean(np.argmax(H @ W.T + b, 1) == y) == pytest.approx(2 / 3)
+
+
+def test_first_best_is_argmax_and_argmin_with_ties_and_nan():
+    S = torch.tensor([[1.0, 2.0, 5.0, 0.0, float("nan")],
+                      [3.0, 2.0, 5.0, 0.0, 1.0],
+                      [3.0, 0.0, 1.0, 0.0, 2.0]], dtype=torch.float64)
+    for largest, ref in ((True, S.argmax(0)), (False, S.argmin(0))):
+        hit = metrics._first_best(S, largest)
+        assert hit.sum(0).tolist() == [1] * 5
+        assert hit.to(torch.int8).argmax(0).tolist() == ref.tolist()
+    clean = S[:, :2]  # no tie in a column: the fast path
+    assert metrics._first_best(clean, True).to(torch.int8).argmax(0).tolist() == clean.argmax(0).tolist()
+
+
+def test_chunk_classes_names_the_chunks_of_one_class():
+    y = torch.cat([torch.zeros(1500, dtype=torch.long), torch.ones(1000, dtype=torch.long),
+                   torch.tensor([2, 2, 1])])
+    src = metrics._Source([torch.zeros(len(y), 2)], [y])
+    # chunks of 1,024 rows: [0, 1024) class 0; [1024, 2048) classes 0 and 1; [2048, 2503) classes 1, 2
+    assert src.chunk_classes() == [0, None, None]
+    two = metrics._Source([torch.zeros(1024, 2), torch.zeros(3, 2)], [y[:1024], torch.tensor([2, 2, 2])])
+    assert two.chunk_classes() == [0, 2]
+
+
 def test_papyan_extras_by_hand():
     # norms 1, 2, 3, 6: mean 3, unbiased variance (4 + 1 + 0 + 9) / 3 = 14/3 -> equinorm sqrt(14/3)/3
     X = np.diag([1.0, 2.0, 3.0, 6.0])
@@ -276,7 +353,7 @@ def test_streaming_errors():
 def test_accumulator_pass_one_as_batches_arrive_gives_nc_metrics_numbers_bitwise():
     # the kept-batch accumulator adds pass 1's class sums up as batches arrive, chunk by chunk in
     # the same order as nc_metrics on the concatenated features: with batches that are multiples
-    # of the 512-row chunk, every number is the same float
+    # of the 1,024-row chunk, every number is the same float
     rng = np.random.default_rng(4)
     K, n, d = 4, 700, 16
     y = rng.permutation(np.repeat(np.arange(K), n))
