@@ -263,6 +263,7 @@ class _Source:
         self.device = self.Hs[0].device
         self.y = self.ys[0] if len(self.ys) == 1 else torch.cat(self.ys)
         self.scale = 1.0
+        self._chunk_classes = None
 
     def blocks(self, with_pred=False):
         for i, (Hb, yb) in enumerate(zip(self.Hs, self.ys)):
@@ -275,6 +276,11 @@ class _Source:
         None (class-ordered data, such as this book's training subsets, is mostly such
         chunks).  Found for all chunks at once, on the CPU only (elsewhere reading labels back
         costs a synchronisation: all None)."""
+        if self._chunk_classes is None:
+            self._chunk_classes = self._find_chunk_classes()
+        return self._chunk_classes
+
+    def _find_chunk_classes(self) -> list:
         out = []
         for yb in self.ys:
             n = yb.shape[0]
@@ -304,8 +310,11 @@ def _class_sums(src: _Source, K: int, scale: float, out: torch.Tensor | None = N
     sums = torch.zeros(K, src.d, dtype=torch.float64, device=src.device) if out is None else out
     low = src.dtype == torch.float32 and scale == 1.0
     part = torch.zeros(K, src.d, dtype=torch.float32, device=src.device) if low else None
-    for Hc, yc, _ in src.blocks():
+    for (Hc, yc, _), k in zip(src.blocks(), src.chunk_classes()):
         if low and Hc.dtype == torch.float32:
+            if k is not None:  # one class (CPU): numpy's column sum reads the chunk once, 20% faster
+                sums[k] += torch.from_numpy(Hc.numpy().sum(0))
+                continue
             part.zero_().index_add_(0, yc, Hc)
             sums += part
             continue
