@@ -71,6 +71,7 @@ __all__ = [
     "read_jsonl",
     "best_before_first_step",
     "full_batch_summary",
+    "trial_as_run",
     "frontier_checks",
     "frontier_rows",
     "frontier_markdown",
@@ -664,6 +665,19 @@ def best_before_first_step(trial: dict) -> float:
     first = min(ms) if ms else float("inf")
     accs = [a for e, a in zip(trial["epoch"], trial["train_acc"]) if e <= first]
     return max(accs) if accs else float("nan")
+
+
+def trial_as_run(trial: dict, steps: int) -> dict:
+    """A trial of ``tools/recipe_search.py`` cut to its first ``steps`` epochs, in the shape of
+    a stored run that :func:`terminal_phase_checks` reads (``config``: dataset, epochs;
+    ``history``: the logged epochs up to ``steps`` and their training metrics)."""
+    if not 1 <= steps <= trial["epochs"]:
+        raise ValueError(f"steps must be in [1, {trial['epochs']}] (the trial's epochs), got {steps!r}")
+    keep = [i for i, e in enumerate(trial["epoch"]) if e <= steps]
+    if not keep or trial["epoch"][keep[-1]] != steps:
+        raise ValueError(f"the trial {trial['name']!r} has no logged epoch {steps}")
+    hist = {k: [trial[k][i] for i in keep] for k in ("epoch", "train_acc", "nc1", "nc2", "nc3", "nc4")}
+    return dict(config=dict(name=trial["name"], dataset=trial["dataset"], epochs=steps), history=hist)
 
 
 def full_batch_summary(trial: dict, budget_s: float = 1200) -> dict:

@@ -122,6 +122,23 @@ def test_full_batch_summary_hand_made():
     assert s["final_acc"] == 0.5 and s["s_per_step"] == 100.0
 
 
+def test_trial_as_run_cuts_a_trial_for_the_targets():
+    t = dict(name="t", dataset="mnist", epochs=5, wall_s=500.0, epoch=[1, 2, 3, 4, 5],
+             train_acc=[0.5, 0.9, 1.0, 1.0, 0.99], nc1=[1.0, 0.2, 0.05, 0.005, 0.004],
+             nc2=[0.5, 0.4, 0.3, 0.1, 0.1], nc3=[0.6, 0.5, 0.2, 0.1, 0.1], nc4=[2.0, 3.0, 1.0, 1.0, 1.0])
+    run = pages.trial_as_run(t, 4)
+    assert run["config"] == dict(name="t", dataset="mnist", epochs=4) and run["history"]["epoch"] == [1, 2, 3, 4]
+    met = {c["target"]: c["met"] for c in pages.terminal_phase_checks(run)}
+    # last quarter of 4 steps: step 4 (100%); NC1 0.005 <= 1e-2 and 200x below step 1; NC4 1 <= 3 / 2
+    assert all(met.values()), met
+    met5 = {c["target"]: c["met"] for c in pages.terminal_phase_checks(pages.trial_as_run(t, 5))}
+    assert not met5["train acc = 100% (last quarter)"] and met5["NC1 final"]   # step 5 at 99%
+    with pytest.raises(ValueError, match="steps must be in"):
+        pages.trial_as_run(t, 6)
+    with pytest.raises(ValueError, match="no logged epoch 3"):
+        pages.trial_as_run(dict(t, epoch=[1, 2, 4, 5]), 3)
+
+
 def _frontier_history(last_acc, nc1_final):
     return dict(epoch=[1, 100, 200, 225], train_acc=[0.5, 1.0, last_acc, 1.0], nc1=[1.0, 0.1, 0.01, nc1_final],
                 nc2=[0.5, 0.2, 0.1, 0.1], nc3=[0.5, 0.2, 0.1, 0.1], nc4=[1.0, 2.0, 0.5, 0.4])
