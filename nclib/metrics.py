@@ -287,18 +287,15 @@ class _Source:
             if yb.device.type != "cpu":
                 out += [None] * -(-n // _CHUNK)
                 continue
-            if n <= _CHUNK:  # one chunk (a batch of the accumulator): three operations
-                k = int(yb[0])
-                out.append(k if bool((yb == k).all()) else None)
-                continue
-            full = n // _CHUNK
+            full = n // _CHUNK if n > _CHUNK else 0  # a batch of one chunk: the three operations below
             if full:
                 v = yb[:full * _CHUNK].reshape(full, _CHUNK)
                 one = (v == v[:, :1]).all(1).tolist()
                 out += [k if o else None for k, o in zip(v[:, 0].tolist(), one)]
-            if n % _CHUNK:
+            if n > full * _CHUNK:
                 r = yb[full * _CHUNK:]
-                out.append(int(r[0]) if bool((r == r[0]).all()) else None)
+                k = int(r[0])
+                out.append(k if bool((r == k).all()) else None)
         return out
 
 
@@ -403,7 +400,8 @@ def _first_best(S: torch.Tensor, largest: bool) -> torch.Tensor:
     entry ``argmax`` (``argmin``) picks; a reduction across rows is cheaper than ``argmax``
     along them, and ties (or NaN) go to ``argmax`` itself."""
     hit = S == (S.amax(0) if largest else S.amin(0))
-    if int(hit.count_nonzero()) != S.shape[1]:
+    # one hit in every column: n hits and none without (a NaN column has none, a tie two)
+    if int(hit.count_nonzero()) != S.shape[1] or not bool(hit.any(0).all()):
         first = S.argmax(0) if largest else S.argmin(0)
         hit = torch.zeros_like(hit).scatter_(0, first[None], True)
     return hit

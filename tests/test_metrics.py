@@ -241,6 +241,10 @@ def test_first_best_is_argmax_and_argmin_with_ties_and_nan():
         hit = metrics._first_best(S, largest)
         assert hit.sum(0).tolist() == [1] * 5
         assert hit.to(torch.int8).argmax(0).tolist() == ref.tolist()
+    # a NaN column (no hit) beside a tied one (two hits): n hits in all, still decided as argmax decides
+    S2 = torch.tensor([[float("nan"), 1.0], [0.0, 1.0]], dtype=torch.float64)
+    assert metrics._first_best(S2, True).to(torch.int8).argmax(0).tolist() == S2.argmax(0).tolist()
+    assert metrics._first_best(S2, True).sum(0).tolist() == [1, 1]
     clean = S[:, :2]  # no tie in a column: the fast path
     assert metrics._first_best(clean, True).to(torch.int8).argmax(0).tolist() == clean.argmax(0).tolist()
 
