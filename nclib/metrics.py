@@ -399,9 +399,10 @@ def _first_best(S: torch.Tensor, largest: bool) -> torch.Tensor:
     """Boolean K x n: True at the first largest (smallest) entry of each column of S, the
     entry ``argmax`` (``argmin``) picks; a reduction across rows is cheaper than ``argmax``
     along them, and ties (or NaN) go to ``argmax`` itself."""
-    hit = S == (S.amax(0) if largest else S.amin(0))
-    # one hit in every column: n hits and none without (a NaN column has none, a tie two)
-    if int(hit.count_nonzero()) != S.shape[1] or not bool(hit.any(0).all()):
+    best = S.amax(0) if largest else S.amin(0)
+    hit = S == best
+    # without NaN every column has a hit, so n hits means one in each (a tie has two)
+    if int(hit.count_nonzero()) != S.shape[1] or bool(best.isnan().any()):
         first = S.argmax(0) if largest else S.argmin(0)
         hit = torch.zeros_like(hit).scatter_(0, first[None], True)
     return hit

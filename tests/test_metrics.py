@@ -259,6 +259,29 @@ def test_chunk_classes_names_the_chunks_of_one_class():
     assert two.chunk_classes() == [0, 2]
 
 
+def test_mixed_and_one_class_chunks_against_brute_force():
+    """Chunks of one class (a broadcast) and of several (index by index) in one H: the numbers
+    of a per-sample float64 computation."""
+    rng = np.random.default_rng(11)
+    K, d = 5, 6
+    y = np.concatenate([np.repeat([0, 1, 2], [1100, 600, 900]), rng.integers(0, K, 1100)])
+    H = (np.eye(K, d)[y] * 3.0 + 0.2 * rng.standard_normal((len(y), d))).astype(np.float32)
+    W, b = rng.standard_normal((K, d)), rng.standard_normal(K)
+    kinds = metrics._Source([torch.from_numpy(H)], [torch.from_numpy(y)]).chunk_classes()
+    assert kinds[0] == 0 and kinds[-1] is None  # both kinds of chunk occur
+    m = metrics.nc_metrics(W, b, H, y)
+    X = H.astype(np.float64)
+    mu = np.stack([X[y == k].mean(0) for k in range(K)])
+    assert np.allclose(metrics.class_means(H, y)[1].numpy(), mu, rtol=0, atol=1e-12)
+    SW = sum(np.outer(r, r) for r in X - mu[y]) / len(y)
+    C = mu - X.mean(0)  # eq. (7): centred on the global mean of the samples
+    assert m.nc1 == pytest.approx(np.trace(SW @ np.linalg.pinv(C.T @ C / K)) / K, rel=1e-6)
+    logits = X @ W.T + b
+    assert m.accuracy == np.mean(logits.argmax(1) == y)
+    dist = ((X[:, None, :] - mu[None]) ** 2).sum(-1)
+    assert m.extras["ncc_mismatch"] == np.mean(dist.argmin(1) != logits.argmax(1))
+
+
 def test_papyan_extras_by_hand():
     # norms 1, 2, 3, 6: mean 3, unbiased variance (4 + 1 + 0 + 9) / 3 = 14/3 -> equinorm sqrt(14/3)/3
     X = np.diag([1.0, 2.0, 3.0, 6.0])
