@@ -229,8 +229,9 @@ def plot_results(axes, runs: dict, metrics=("nc1", "nc2", "nc3", "nc4"), *, log_
                  color_keys: dict | None = None, title: str | None = None, legend_axis: int = 0):
     """One panel per metric for several runs (Figures 3-7): ``runs`` maps a legend label to a
     results dict; ``color_keys`` maps a label to a key of :data:`COLORS` (default: the label
-    itself, then the cycle).  Metrics in ``log_metrics`` get a log y axis (the paper plots
-    NC1 on a log scale).  Returns the axes."""
+    itself, then the cycle).  Metrics in ``log_metrics`` get a log y axis (NC1 spans decades; the
+    paper's Figure 3 is linear, its Figure 5 log).  The x axis counts epochs; an L-BFGS run's
+    epoch is one optimizer step (its label says so).  Returns the axes."""
     axes = np.atleast_1d(axes)
     if len(axes) != len(metrics):
         raise ValueError(f"got {len(axes)} axes for {len(metrics)} metrics")
@@ -244,7 +245,8 @@ def plot_results(axes, runs: dict, metrics=("nc1", "nc2", "nc3", "nc4"), *, log_
                     marker="o" if len(x) < 4 else None, ms=3)
         if m in log_metrics:
             ax.set_yscale("log")
-        ax.set_xlabel("epoch")
+        lbfgs = any(r.get("config", {}).get("optimizer") == "lbfgs" for r in runs.values())
+        ax.set_xlabel("epoch (L-BFGS: step)" if lbfgs else "epoch")
         ax.set_ylabel(RESULT_LABELS.get(m, m))
     if runs:
         axes[legend_axis].legend()

@@ -57,6 +57,13 @@ def test_tables_and_summary():
     assert "1 of the 2 runs shown meet every terminal-phase target" in s and "NC3 final: 0.5 against 0.15" in s
     assert "10 to 10 times its training-set value" in s
     assert "smoke" in pages.summary_markdown(runs, {"a": "smoke", "b": "smoke"})
+    # a fixed ETF classifier: NC2 is 0 by construction, shown as not applying, counted as met
+    fx = fake_result(nc2=(0.0, 0.0, 0.0, 0.0))
+    fx["config"]["fixed_classifier"] = "etf"
+    assert [c["applies"] for c in pages.terminal_phase_checks(fx)] == [True, True, True, False, True, True]
+    assert "n/a" in pages.targets_table({"f": fx}).loc["f", "NC2 final"]
+    assert "by construction in f" in pages.summary_markdown({"f": fx}, {"f": "cpu"})
+    assert all(c["applies"] for c in pages.terminal_phase_checks(runs["a"]))
 
 
 def test_load_runs_never_trains_outside_smoke(tmp_path, monkeypatch):

@@ -42,6 +42,11 @@ def test_plot_results_draws_the_history():
     with pytest.raises(ValueError, match="2 axes for 3 metrics"):
         plots.plot_results(plt.subplots(1, 2)[1], runs, metrics=("nc1", "nc2", "nc3"))
     plt.close("all")
+    lb = dict(_res([1.0, 0.1], [0.5, 1.0]), config={"optimizer": "lbfgs"})  # an epoch of L-BFGS is one step
+    fig, ax = plt.subplots(1, 1)
+    plots.plot_results([ax], {"L-BFGS": lb}, metrics=("nc1",))
+    assert ax.get_xlabel() == "epoch (L-BFGS: step)"
+    plt.close(fig)
 
 
 def test_experiment_grid():
