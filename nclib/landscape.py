@@ -1170,7 +1170,7 @@ def multistart(K: int, n, d: int, lambda_W, lambda_H, lambda_b, optimizer: str, 
       unless ``batch_size``.
 
     With ``schedule`` the learning rate of SGD and Adam is divided by 10 at 1/2 and 3/4 of
-    ``max_iter`` (as in :func:`nclib.ufm.solve` and the paper's Section 4).  A run whose value
+    ``max_iter`` (as in :func:`nclib.ufm.solve`; a schedule chosen for the book, not the paper's).  A run whose value
     becomes non-finite is frozen at its last finite state and flagged in ``diverged`` (with a
     RuntimeWarning).  For L-BFGS use :func:`nclib.ufm.solve` per seed (its line search and
     memory are per problem).  Runs with one torch thread (restored afterwards): the tensors are

@@ -1046,8 +1046,8 @@ def solve(K: int, n, d: int, lambda_W, lambda_H, lambda_b, optimizer: str = "lbf
         (full batch unless ``batch_size``), ``"lbfgs"`` (on the full problem ``torch.optim.LBFGS``,
         history 20, strong Wolfe line search, lr 1; on the reduced problem scipy's L-BFGS-B without
         bounds, memory 20, which has less per-call overhead on a few hundred variables).  SGD and
-        Adam divide their learning rate by 10 at 1/2 and 3/4 of ``max_iter`` (the paper's step
-        schedule, Section 4).
+        Adam divide their learning rate by 10 at 1/2 and 3/4 of ``max_iter`` (a schedule chosen
+        for the book; the paper's networks divide it by 10 every 40 of 200 epochs, Section 4).
     seed : seeds the initialisation and the mini-batch order.
     loss, **loss_kw : ``"ce"`` (default), ``"mse"``, ``"label_smoothing"`` (``smoothing``),
         ``"focal"`` (``gamma``), as in :func:`objective`.
