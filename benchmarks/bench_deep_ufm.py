@@ -12,13 +12,15 @@ after every outer step) or after ``--max-iter`` iterations.
 bias); prints the seeds whose value ends below the deep-neural-collapse value.
 
     python benchmarks/bench_deep_ufm.py                       # timing (about a minute on one core)
-    python benchmarks/bench_deep_ufm.py --search --L 3 --ks 6 8 9 10 12 --starts 40
+    python benchmarks/bench_deep_ufm.py --search --L 3 --ks 8 9 10 11 12 --starts 40 \
+        --out book/results/deep_ufm_search.jsonl
 
 (bench_ufm.py is owned by another module's benchmark; this file is the deep UFM's.)
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 
@@ -88,8 +90,14 @@ def search(args):
                                seed=s, tol=1e-10, max_iter=3000)
             if r.value < dnc - 1e-9:
                 wins.append((s, round(r.value - dnc, 8)))
-        print(f"L={args.L} K={K}: DNC {dnc:.6f}; starts below DNC (seed, gap): {wins} "
-              f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+        wall = time.perf_counter() - t0
+        print(f"L={args.L} K={K}: DNC {dnc:.6f}; starts below DNC (seed, gap): {wins} [{wall:.0f} s]", flush=True)
+        if args.out:
+            rec = dict(L=args.L, K=K, starts=args.starts, lambda_=lams[0], dnc=dnc, below_dnc=wins, wall_s=round(wall, 1),
+                       threads=torch.get_num_threads(), torch=torch.__version__, numpy=np.__version__,
+                       date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            with open(args.out, "a") as f:
+                f.write(json.dumps(rec) + "\n")
 
 
 def main():
@@ -100,6 +108,8 @@ def main():
     ap.add_argument("--starts", type=int, default=40)
     ap.add_argument("--tol", type=float, default=1e-6)
     ap.add_argument("--max-iter", type=int, default=5000)
+    ap.add_argument("--out", default=None, help="--search: append one JSON line per K to this file "
+                    "(the book reads book/results/deep_ufm_search.jsonl)")
     args = ap.parse_args()
     threads.configure()
     search(args) if args.search else timing(args)
