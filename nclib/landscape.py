@@ -59,6 +59,7 @@ __all__ = [
     "curvature",
     "origin_hessian_spectrum",
     "origin_min_eig",
+    "origin_value",
     "grad_g",
     "certificate_c4",
     "ProofDirection",
@@ -411,6 +412,19 @@ def origin_min_eig(K: int, n, d: int, lambda_W, lambda_H, lambda_b, *, loss: str
     """
     spec = origin_hessian_spectrum(K, n, d, lambda_W, lambda_H, lambda_b, loss=loss, **loss_kw)
     return min(v for v, mult in spec if mult > 0)
+
+
+def origin_value(K: int, n, d: int, lambda_W, lambda_H, lambda_b, *, loss: str = "ce", **loss_kw) -> float:
+    """f of eq. (4) at the origin W = 0, H = 0 with the best bias (the critical point of
+    Section 3.2's landscape analysis, the global minimiser when K sqrt(n lambda_W lambda_H) is large
+    enough): mean_i L(b0, y_i) + lambda_b/2 ||b0||^2.  ``n``: per-class count or class sizes."""
+    sizes = _ufm._check_sizes(K, n, d)
+    kw = _ufm._check_loss(loss, loss_kw)
+    lb = _lams(lambda_W, lambda_H, lambda_b)[2]
+    y = np.repeat(np.arange(K), sizes)
+    b0 = _origin_bias(y, K, lb, loss, kw)
+    return _ufm.objective(np.zeros((K, d)), np.zeros((len(y), d)), b0, y, lambda_W, lambda_H, lambda_b,
+                          loss=loss, **kw)
 
 
 def _origin_bias(y, K, lb, loss, kw):

@@ -66,6 +66,7 @@ __all__ = [
     "targets_table",
     "final_metrics_table",
     "summary_markdown",
+    "accuracy_difference_se",
     "load_runs",
     "recipe_search_trials",
     "read_jsonl",
@@ -641,6 +642,15 @@ def summary_markdown(runs: dict, profiles: dict) -> str:
     if "full" not in profs:
         out.append("These are small-scale (`cpu` profile) runs, not the paper's experiment.")
     return "\n\n".join(out)
+
+
+def accuracy_difference_se(acc: float, n_test: int) -> float:
+    """Standard error, in percentage points, of the difference of two test accuracies near ``acc``,
+    each measured on ``n_test`` images by an independent run (binomial: sqrt(2 p (1 - p) / n));
+    how far apart two single-seed runs of Figures 6-7 may land by chance alone."""
+    if not 0.0 <= acc <= 1.0 or n_test < 1:
+        raise ValueError(f"need 0 <= acc <= 1 and n_test >= 1, got acc={acc!r}, n_test={n_test!r}")
+    return 100.0 * math.sqrt(2.0 * acc * (1.0 - acc) / n_test)
 
 
 def load_runs(names, profile: str = "auto", results_dir="results") -> dict:

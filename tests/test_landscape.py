@@ -503,3 +503,13 @@ def test_hessian_min_eig_other_loss_matches_dense():
     Hd = L.hessian(W, H, b, Y, *LAMS, loss="mse")
     lam = L.hessian_min_eig(W, H, b, Y, *LAMS, loss="mse", tol=1e-12)
     assert lam == pytest.approx(np.linalg.eigvalsh(Hd)[0], abs=1e-8)
+
+
+def test_origin_value_by_hand():
+    K, n, d, lb = 4, 5, 6, 1e-2
+    # CE, balanced: every logit equal at the origin, best bias 0, f = log K
+    assert L.origin_value(K, n, d, 0.1, 0.1, lb) == pytest.approx(np.log(K), abs=1e-12)
+    # MSE: b = beta 1 with (beta - 1) + (K - 1) beta + lb K beta = 0
+    beta = 1.0 / (K * (1.0 + lb))
+    f = 0.5 * ((beta - 1) ** 2 + (K - 1) * beta ** 2) + 0.5 * lb * K * beta ** 2
+    assert L.origin_value(K, n, d, 0.1, 0.1, lb, loss="mse") == pytest.approx(f, abs=1e-12)

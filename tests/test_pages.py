@@ -206,3 +206,11 @@ def test_frontier_checks_and_markdown_hand_made():
     assert pages.frontier_markdown([rec], {}) == ""
     smoke = dict(stored, config=dict(stored["config"], profile="smoke"))  # same name, another profile
     assert pages.frontier_markdown([rec], {"mnist dk": smoke}) == ""
+
+
+def test_accuracy_difference_se_by_hand():
+    # p = 0.5, n = 1000: sqrt(2 * 0.25 / 1000) = 0.02236 -> 2.236 points
+    assert pages.accuracy_difference_se(0.5, 1000) == pytest.approx(100 * math.sqrt(0.0005))
+    assert pages.accuracy_difference_se(1.0, 1000) == 0.0
+    with pytest.raises(ValueError, match="acc=1.5"):
+        pages.accuracy_difference_se(1.5, 1000)
