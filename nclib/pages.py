@@ -563,8 +563,9 @@ def targets_table(runs: dict):
     rows = {}
     for label, res in runs.items():
         checks = terminal_phase_checks(res)
-        row = {c["target"]: f"{_fmt_check(c)} (" + ("met" if c["met"] else "MISSED") + ")" if c["applies"]
-               else f"{_fmt_check(c)} (n/a: W is a fixed ETF)" for c in checks}
+        status = {c["target"]: ("met" if c["met"] else "MISSED") if c["applies"] else "n/a: W is a fixed ETF"
+                  for c in checks}
+        row = {c["target"]: f"{_fmt_check(c)} ({status[c['target']]})" for c in checks}
         row["all met"] = "yes" if all(c["met"] for c in checks) else "no"
         rows[label] = row
     return pd.DataFrame.from_dict(rows, orient="index")
