@@ -110,6 +110,20 @@ def dataset_sizes(config) -> tuple:
     return n, nt
 
 
+def optimizer_steps(config, epochs: int | None = None) -> int:
+    """Optimizer steps of a configuration in its first ``epochs`` epochs (default: all):
+    ``ceil(n / batch_size)`` per epoch (Section 4.1's step counts; one ``LBFGS.step`` per batch)."""
+    epochs = config.epochs if epochs is None else epochs
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    return batches_per_epoch(dataset_sizes(config)[0], config.batch_size) * epochs
+
+
+def batches_per_epoch(n_train: int, batch_size: int) -> int:
+    """``ceil(n_train / batch_size)``: the last batch of an epoch is partial, not dropped."""
+    return math.ceil(n_train / batch_size)
+
+
 def _device_class(config, device: str) -> str:
     dev = ("gpu" if config.profile == "full" else "cpu") if device == "auto" else device
     if dev not in THROUGHPUT:
@@ -125,7 +139,7 @@ def raw_estimate_seconds(config, device: str = "auto", _count: bool = True) -> f
     f = model_flops(config, _count)
     n, nt = dataset_sizes(config)
     evals = 25 if config.optimizer == "lbfgs" else 1
-    steps = math.ceil(n / config.batch_size) * config.epochs
+    steps = optimizer_steps(config)
     train = 3 * f * n * config.epochs * evals / t["train"] + steps * evals * t["step"]
     le = config.log_epochs
     n_logged = config.epochs if le in ("all", None) else len(le) if isinstance(le, (list, tuple)) else \

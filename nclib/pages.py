@@ -40,7 +40,7 @@ import pathlib
 
 from . import configs as C
 from . import experiments as E
-from .costs import dataset_sizes, estimate_seconds, fmt_seconds
+from .costs import batches_per_epoch, dataset_sizes, estimate_seconds, fmt_seconds
 
 __all__ = [
     "CHAPTERS",
@@ -573,7 +573,7 @@ def targets_table(runs: dict):
 
 def optimizer_steps(res: dict) -> int:
     """Optimizer steps of a stored run: batches per epoch (the last one partial) times epochs."""
-    return math.ceil(res["data"]["n_train"] / res["config"]["batch_size"]) * res["config"]["epochs"]
+    return batches_per_epoch(res["data"]["n_train"], res["config"]["batch_size"]) * res["config"]["epochs"]
 
 
 def final_metrics_table(runs: dict, paper_test_acc: dict | None = None):

@@ -424,3 +424,16 @@ def test_estimates_are_calibrated_by_stored_runs_and_the_gpu_check(tmp_path, fak
     assert CO.estimate_seconds(f) == 1800.0  # the benchmark's projection
     other = E.get_config("fig3-cifar10-sgd", "cpu")
     assert CO.estimate_seconds(other) == pytest.approx(CO.raw_estimate_seconds(other, "cpu") * 42.0 / raw)
+
+
+def test_optimizer_steps_by_hand():
+    """Section 4.1's step counts, worked by hand: ceil(60,000 / 256) = 235 steps an epoch on MNIST,
+    ceil(50,000 / 256) = 196 on CIFAR-10; the cpu profile ceil(5,000 / 64) = 79."""
+    mnist, cifar = E.get_config("fig3-mnist-sgd", "full"), E.get_config("fig3-cifar10-sgd", "full")
+    assert (CO.optimizer_steps(mnist), CO.optimizer_steps(mnist, mnist.lr_step)) == (47_000, 9_400)
+    assert (CO.optimizer_steps(cifar), CO.optimizer_steps(cifar, cifar.lr_step)) == (39_200, 7_840)
+    c = E.get_config("fig3-mnist-sgd", "cpu")
+    assert (CO.optimizer_steps(c), CO.optimizer_steps(c, 70)) == (79 * 150, 79 * 70)
+    assert CO.optimizer_steps(E.get_config("fig3-mnist-lbfgs", "cpu")) == 12  # one full batch a step
+    with pytest.raises(ValueError, match="epochs must be an integer >= 0, got -1"):
+        CO.optimizer_steps(c, -1)
