@@ -356,6 +356,7 @@ def run_experiment(config: ExperimentConfig, *, device=None, checkpoint=None, pr
     params = dict(total=M.count_parameters(model), trainable=M.count_parameters(model, trainable_only=True),
                   classifier_weight=int(fc.weight.numel()), feature_dim=int(fc.in_features))
     log_epochs = list(config.log_epochs) if isinstance(config.log_epochs, (list, tuple)) else config.log_epochs
+    commit = _git_commit()  # the code that runs: read now, not when the run ends
     t0 = time.perf_counter()
     history = T.train(
         model, (X, y), (Xt, yt), num_classes=K, optimizer=config.optimizer, epochs=config.epochs, lr=config.lr,
@@ -370,7 +371,7 @@ def run_experiment(config: ExperimentConfig, *, device=None, checkpoint=None, pr
         extra_settings=dict(config_hash=config_hash(config)),
     )
     elapsed = time.perf_counter() - t0
-    return _results(config, history, params, data_info, elapsed, provenance_extra)
+    return _results(config, history, params, data_info, elapsed, provenance_extra, commit)
 
 
 def config_data(config: ExperimentConfig) -> tuple:
@@ -414,8 +415,9 @@ def _take_counts(X, y, counts) -> tuple:
     return X[keep], y[keep]
 
 
-def _results(config, history, params, data_info, elapsed, provenance_extra=None) -> dict:
-    """The results dict of a finished run (format 2, see the module docstring)."""
+def _results(config, history, params, data_info, elapsed, provenance_extra=None, commit=None) -> dict:
+    """The results dict of a finished run (format 2, see the module docstring); ``commit``: the
+    git commit read when the run started (a commit made while it trains does not describe it)."""
     import torch
     import torchvision
     history = dict(history)
@@ -425,7 +427,7 @@ def _results(config, history, params, data_info, elapsed, provenance_extra=None)
             "test_nc4", "train_loss", "test_loss")
     final = {k: history[k][-1] for k in keys if history.get(k)}
     provenance = dict(
-        nclib_version=__version__, git_commit=_git_commit(), torch_version=torch.__version__,
+        nclib_version=__version__, git_commit=_git_commit() if commit is None else commit, torch_version=torch.__version__,
         torchvision_version=torchvision.__version__, python_version=platform.python_version(),
         device=s["device"], device_name=s["device_name"], tf32_matmul=s["tf32_matmul"],
         tf32_cudnn=s["tf32_cudnn"], precision=s["precision"], torch_compile=s["compile"],

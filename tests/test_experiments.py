@@ -256,3 +256,11 @@ def test_load_or_run_resumes_from_checkpoint(stored, tmp_path, interrupt_after_e
     res = E.load_or_run(c, tmp_path, device="cpu", checkpoint_dir=tmp_path / "ck", progress=False)
     assert strip(res["history"]) == strip(json.loads(json.dumps(ref["history"])))
     assert not ck.exists()
+
+
+def test_provenance_names_the_commit_the_run_started_with(monkeypatch):
+    """A commit made while a run trains does not relabel it: ``git_commit`` is read at the start."""
+    commits = iter(["commit-at-start", "commit-at-end"])
+    monkeypatch.setattr(E, "_git_commit", lambda: next(commits))
+    res = E.run_experiment(E.get_config("fig3-mnist-sgd", "smoke"), device="cpu", progress=False)
+    assert res["provenance"]["git_commit"] == "commit-at-start"
