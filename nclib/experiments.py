@@ -415,7 +415,7 @@ def _take_counts(X, y, counts) -> tuple:
     return X[keep], y[keep]
 
 
-def _results(config, history, params, data_info, elapsed, provenance_extra=None, commit=None) -> dict:
+def _results(config, history, params, data_info, elapsed, provenance_extra, commit) -> dict:
     """The results dict of a finished run (format 2, see the module docstring); ``commit``: the
     git commit read when the run started (a commit made while it trains does not describe it)."""
     import torch
@@ -427,7 +427,7 @@ def _results(config, history, params, data_info, elapsed, provenance_extra=None,
             "test_nc4", "train_loss", "test_loss")
     final = {k: history[k][-1] for k in keys if history.get(k)}
     provenance = dict(
-        nclib_version=__version__, git_commit=_git_commit() if commit is None else commit, torch_version=torch.__version__,
+        nclib_version=__version__, git_commit=commit, torch_version=torch.__version__,
         torchvision_version=torchvision.__version__, python_version=platform.python_version(),
         device=s["device"], device_name=s["device_name"], tf32_matmul=s["tf32_matmul"],
         tf32_cudnn=s["tf32_cudnn"], precision=s["precision"], torch_compile=s["compile"],
