@@ -96,6 +96,20 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _cpu_model(cpuinfo="/proc/cpuinfo") -> str:
+    """The CPU's model name with its family and model numbers (Linux), else ``platform.processor()``:
+    the same code can train differently on another CPU (other kernels: other roundings)."""
+    try:
+        info = dict(line.split(":", 1) for line in pathlib.Path(cpuinfo).read_text().splitlines()
+                    if ":" in line and line.split(":", 1)[0].strip() in ("model name", "cpu family", "model"))
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        if info.get("model name"):
+            return f"{info['model name']} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
+    except (OSError, ValueError):
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def _fsync_dir(d: pathlib.Path) -> None:
     try:
         fd = os.open(d, os.O_RDONLY)
@@ -434,7 +448,8 @@ def _results(config, history, params, data_info, elapsed, provenance_extra, comm
         cpu_threads=torch.get_num_threads(), wall_time_s=history["wall_time"],
         wall_time_this_call_s=elapsed,
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        host=socket.gethostname(),
+        host=socket.gethostname(), cpu_model=_cpu_model(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),  # the vector kernels torch chose (AVX2, AVX512...)
     )
     provenance.update(provenance_extra or {})
     res = _jsonable(dict(format=_RESULTS_FORMAT, config=config.to_dict(), config_hash=config_hash(config),

@@ -264,3 +264,20 @@ def test_provenance_names_the_commit_the_run_started_with(monkeypatch):
     monkeypatch.setattr(E, "_git_commit", lambda: next(commits))
     res = E.run_experiment(E.get_config("fig3-mnist-sgd", "smoke"), device="cpu", progress=False)
     assert res["provenance"]["git_commit"] == "commit-at-start"
+
+
+def test_provenance_names_the_cpu_and_its_kernels(monkeypatch, tmp_path):
+    """The same code trains differently on a CPU whose kernels round differently (the Adam and
+    Figure 5 results of commit fc6ffbd: that code reproduces today's numbers on today's machine, not
+    the stored ones): the results say which CPU and which vector kernels torch chose."""
+    res = E.run_experiment(E.get_config("fig3-mnist-sgd", "smoke"), device="cpu", progress=False)
+    p = res["provenance"]
+    assert p["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(p["cpu_model"], str) and p["cpu_model"]
+    # the model line is read from /proc/cpuinfo (hand-made file); without it, platform's answer
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC 7B13\n\n"
+                    "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC 7B13\n")
+    assert E._cpu_model(info) == "AMD EPYC 7B13 (family 25, model 1)"
+    monkeypatch.setattr(E.platform, "processor", lambda: "x86_64-test")
+    assert E._cpu_model(tmp_path / "absent") == "x86_64-test"

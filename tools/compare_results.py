@@ -8,8 +8,10 @@ Usage::
 One row per stored result of the profile: how many of the numbers in its ``history``, ``final``
 and ``geometry`` (every logged metric, the class means, W and b; not the per-epoch timings) are
 bitwise equal in the regenerated file of the same name (same configuration hash), the largest
-relative difference of the others and where it is, and both wall times.  Exit status 1 when a stored result has no
-regenerated counterpart.
+relative difference of the others and where it is, both wall times, and the provenance fields of the
+environment that differ (``ENVIRONMENT``: the same code can train differently on another CPU, whose
+kernels round differently; a field the stored file did not record shows as ``?``).  Exit status 1
+when a stored result has no regenerated counterpart.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import sys
 
 PARTS = ("history", "final", "geometry")
 TIMINGS = ("seconds", "train_seconds", "wall_time")  # measured, not computed: left out
+ENVIRONMENT = ("host", "cpu_model", "cpu_capability", "cpu_threads", "torch_version", "device_name")
 
 
 def leaves(x, where=""):
@@ -64,6 +67,13 @@ def minutes(res: dict) -> str:
     return "-" if s is None else f"{s / 60:.1f} min"
 
 
+def environment_diff(old: dict, new: dict) -> str:
+    """The ENVIRONMENT fields of the two provenances that differ, ``field: stored -> regenerated``."""
+    a, b = old.get("provenance", {}), new.get("provenance", {})
+    out = [f"{k}: {a.get(k, '?')} -> {b.get(k, '?')}" for k in ENVIRONMENT if a.get(k, "?") != b.get(k, "?")]
+    return "; ".join(out) or "-"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stored", type=pathlib.Path)
@@ -71,19 +81,20 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="cpu")
     args = ap.parse_args(argv)
     missing = 0
-    print("| run | numbers bitwise equal | largest relative difference (where) | wall time stored / regenerated |")
-    print("|---|---:|---|---|")
+    print("| run | numbers bitwise equal | largest relative difference (where) | wall time stored / regenerated "
+          "| environment that differs |")
+    print("|---|---:|---|---|---|")
     for p in sorted(args.stored.glob(f"*__{args.profile}__*.json")):
         old, name = json.loads(p.read_text()), p.name.split("__")[0]
         q = args.regenerated / p.name
         if not q.exists():
             missing += 1
-            print(f"| {name} | not regenerated | | {minutes(old)} / - |")
+            print(f"| {name} | not regenerated | | {minutes(old)} / - | |")
             continue
         new = json.loads(q.read_text())
         eq, n, worst, at = compare(old, new)
         diff = "-" if eq == n else f"{worst:.1e} ({at})"
-        print(f"| {name} | {eq:,} of {n:,} | {diff} | {minutes(old)} / {minutes(new)} |")
+        print(f"| {name} | {eq:,} of {n:,} | {diff} | {minutes(old)} / {minutes(new)} | {environment_diff(old, new)} |")
     return 1 if missing else 0
 
 

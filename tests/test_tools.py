@@ -1,0 +1,44 @@
+"""Tools under tools/ that the README's commands use: hand-made cases."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _result(nc1, W, wall, **prov):
+    return dict(history=dict(nc1=nc1, per_epoch=dict(seconds=[wall, wall])), final=dict(nc1=nc1[-1]),
+                geometry=dict(W=W), provenance=dict(wall_time_s=wall, **prov))
+
+
+def test_compare_results_counts_equal_numbers_and_names_the_environment(tmp_path, capsys):
+    C = _tool("compare_results")
+    old = _result([1.0, 0.5], [[1.0, 2.0]], 60.0, host="a", cpu_capability="AVX512", cpu_threads=1)
+    new = _result([1.0, 0.5 * (1 + 1e-6)], [[1.0, 2.0]], 90.0, host="a", cpu_capability="AVX2", cpu_threads=1)
+    # numbers: history.nc1 (2), final.nc1, geometry.W (2); timings left out; two differ, by 1e-6 relative
+    eq, n, worst, at = C.compare(old, new)
+    assert (eq, n) == (3, 5) and abs(worst - 1e-6 / (1 + 1e-6)) < 1e-15 and at in ("history.nc1[1]", "final.nc1")
+    assert C.compare(old, old)[:2] == (5, 5)
+    assert C.environment_diff(old, new) == "cpu_capability: AVX512 -> AVX2"
+    assert C.environment_diff(old, old) == "-"
+    assert C.environment_diff(_result([1.0], [[1.0]], 1.0), new) == \
+        "host: ? -> a; cpu_capability: ? -> AVX2; cpu_threads: ? -> 1"
+    stored, regen = tmp_path / "stored", tmp_path / "regen"
+    stored.mkdir(), regen.mkdir()
+    (stored / "r1__cpu__abc.json").write_text(json.dumps(old))
+    (regen / "r1__cpu__abc.json").write_text(json.dumps(new))
+    assert C.main([str(stored), str(regen)]) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.startswith("| r1 | 3 of 5 | 1.0e-06") and "1.0 min / 1.5 min" in row and "AVX512 -> AVX2" in row
+    (stored / "r2__cpu__def.json").write_text(json.dumps(old))
+    assert C.main([str(stored), str(regen)]) == 1  # a stored result that was not regenerated
+    assert "| r2 | not regenerated |" in capsys.readouterr().out
