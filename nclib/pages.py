@@ -355,11 +355,14 @@ def describe_run(config) -> str:
 
 # ----------------------------------------------------------------------------- loading for a chapter
 def provenance_line(res: dict) -> str:
-    """One line naming where a stored result came from (device, date, commit, wall time)."""
+    """One line naming where a stored result came from (device, date, commit, wall time); on a CPU,
+    its model and torch's vector kernels when the result recorded them (from 2026-12-02 on)."""
     pv = res.get("provenance", {})
     wall = pv.get("wall_time_s")
     wall_s = fmt_seconds(wall) if isinstance(wall, (int, float)) else "?"
     dev = pv.get("device_name") or pv.get("device") or "?"
+    if pv.get("device") == "cpu" and pv.get("cpu_model"):
+        dev = pv["cpu_model"] + (f", {pv['cpu_capability']} kernels" if pv.get("cpu_capability") else "")
     line = (f"{res['config']['name']}: {pv.get('device', '?')} ({dev}), {pv.get('date', '?')}, "
             f"commit {str(pv.get('git_commit', '?'))[:12]}, wall time {wall_s}")
     if pv.get("copied_from"):

@@ -214,3 +214,16 @@ def test_accuracy_difference_se_by_hand():
     assert pages.accuracy_difference_se(1.0, 1000) == 0.0
     with pytest.raises(ValueError, match="acc=1.5"):
         pages.accuracy_difference_se(1.5, 1000)
+
+
+def test_provenance_line_names_the_cpu_when_recorded():
+    res = fake_result()
+    res["config"]["name"] = "fig3-mnist-sgd"
+    res["provenance"] = dict(device="cpu", device_name="x86_64", date="2026-12-02T05:00:00+00:00",
+                             git_commit="0123456789abcdef", wall_time_s=754.0)
+    assert pages.provenance_line(res) == ("fig3-mnist-sgd: cpu (x86_64), 2026-12-02T05:00:00+00:00, commit "
+                                          "0123456789ab, wall time 12.6 min")
+    res["provenance"].update(cpu_model="AMD EPYC (family 25, model 1)", cpu_capability="AVX2")
+    assert pages.provenance_line(res).startswith("fig3-mnist-sgd: cpu (AMD EPYC (family 25, model 1), AVX2 kernels), ")
+    res["provenance"].update(device="cuda", device_name="NVIDIA H200")  # a GPU run: the GPU's name
+    assert pages.provenance_line(res).startswith("fig3-mnist-sgd: cuda (NVIDIA H200), ")
