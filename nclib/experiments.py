@@ -31,6 +31,7 @@ import subprocess
 import time
 
 from . import __version__
+from .threads import AVX2_KERNELS
 from .configs import (PROFILES, ExperimentConfig, check_config, config_hash, get_config, has_profile,
                       list_configs)
 
@@ -450,6 +451,7 @@ def _results(config, history, params, data_info, elapsed, provenance_extra, comm
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         host=socket.gethostname(), cpu_model=_cpu_model(),
         cpu_capability=torch.backends.cpu.get_cpu_capability(),  # the vector kernels torch chose (AVX2, AVX512...)
+        kernel_env={k: os.environ[k] for k in AVX2_KERNELS if k in os.environ},  # kernel pinning, when set
     )
     provenance.update(provenance_extra or {})
     res = _jsonable(dict(format=_RESULTS_FORMAT, config=config.to_dict(), config_hash=config_hash(config),

@@ -270,9 +270,12 @@ def test_provenance_names_the_cpu_and_its_kernels(monkeypatch, tmp_path):
     """The same code trains differently on a CPU whose kernels round differently (the Adam and
     Figure 5 results of commit fc6ffbd: that code reproduces today's numbers on today's machine, not
     the stored ones): the results say which CPU and which vector kernels torch chose."""
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     res = E.run_experiment(E.get_config("fig3-mnist-sgd", "smoke"), device="cpu", progress=False)
     p = res["provenance"]
     assert p["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert p["kernel_env"].get("MKL_CBWR") == "AVX2" and "ONEDNN_MAX_CPU_ISA" not in p["kernel_env"]
     assert isinstance(p["cpu_model"], str) and p["cpu_model"]
     # the model line is read from /proc/cpuinfo (hand-made file); without it, platform's answer
     info = tmp_path / "cpuinfo"

@@ -23,7 +23,7 @@ import sys
 
 PARTS = ("history", "final", "geometry")
 TIMINGS = ("seconds", "train_seconds", "wall_time")  # measured, not computed: left out
-ENVIRONMENT = ("host", "cpu_model", "cpu_capability", "cpu_threads", "torch_version", "device_name")
+ENVIRONMENT = ("host", "cpu_model", "cpu_capability", "kernel_env", "cpu_threads", "torch_version", "device_name")
 
 
 def leaves(x, where=""):
