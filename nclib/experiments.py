@@ -100,14 +100,16 @@ def _git_commit() -> str:
 def _cpu_model(cpuinfo="/proc/cpuinfo") -> str:
     """The CPU's model name with its family and model numbers (Linux), else ``platform.processor()``:
     the same code can train differently on another CPU (other kernels: other roundings)."""
+    info = {}
     try:
-        info = dict(line.split(":", 1) for line in pathlib.Path(cpuinfo).read_text().splitlines()
-                    if ":" in line and line.split(":", 1)[0].strip() in ("model name", "cpu family", "model"))
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        if info.get("model name"):
-            return f"{info['model name']} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
-    except (OSError, ValueError):
+        for line in pathlib.Path(cpuinfo).read_text().splitlines():
+            key, colon, value = line.partition(":")
+            if colon:
+                info.setdefault(key.strip(), value.strip())  # the first processor's
+    except OSError:
         pass
+    if info.get("model name"):
+        return f"{info['model name']} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
     return platform.processor() or platform.machine() or "unknown"
 
 
