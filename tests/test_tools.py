@@ -5,6 +5,8 @@ import importlib.util
 import json
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -42,3 +44,10 @@ def test_compare_results_counts_equal_numbers_and_names_the_environment(tmp_path
     (stored / "r2__cpu__def.json").write_text(json.dumps(old))
     assert C.main([str(stored), str(regen)]) == 1  # a stored result that was not regenerated
     assert "| r2 | not regenerated |" in capsys.readouterr().out
+
+
+def test_compare_results_refuses_a_missing_folder(tmp_path, capsys):
+    C = _tool("compare_results")
+    with pytest.raises(SystemExit) as exc:
+        C.main([str(tmp_path), str(tmp_path / "nosuch")])
+    assert exc.value.code == 2 and "nosuch is not a folder of results" in capsys.readouterr().err

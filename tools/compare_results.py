@@ -80,6 +80,9 @@ def main(argv=None) -> int:
     ap.add_argument("regenerated", type=pathlib.Path)
     ap.add_argument("--profile", default="cpu")
     args = ap.parse_args(argv)
+    for folder in (args.stored, args.regenerated):
+        if not folder.is_dir():
+            ap.error(f"{folder} is not a folder of results")
     missing = 0
     print("| run | numbers bitwise equal | largest relative difference (where) | wall time stored / regenerated "
           "| environment that differs |")
