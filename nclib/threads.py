@@ -37,8 +37,9 @@ __all__ = ["default_threads", "configure", "AVX2_KERNELS"]
 #: 92.68% training accuracy after epoch 1 with its AVX2 kernels, 90.54% with
 #: ``ATEN_CPU_CAPABILITY=default``, 93.62% with oneDNN capped at SSE4.1).  The stored ``cpu`` results
 #: were trained with AVX2 kernels; this environment leaves that machine's numbers unchanged
-#: (checked) and is meant to give them on other x86 CPUs with AVX2 or AVX-512 (not tested
-#: on one: oneDNN may still block its loops differently for other cache sizes).
+#: (checked), but it does not make another CPU agree: on an Intel Xeon (family 6, model 167) the
+#: first epoch ends at 92.78% with it and at 94.74% with that CPU's own AVX-512 kernels (oneDNN, the
+#: convolutions, still chooses its loops by CPU; without oneDNN the result differs again).
 AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 

@@ -144,6 +144,11 @@ def driver(server):
 WAIT_MATHJAX = """
 const done = arguments[arguments.length - 1];
 const t0 = Date.now();
+// a page without math loads no MathJax (search, index, bibliography): nothing to wait for
+if (!document.querySelector('.math, mjx-container, script[src*="mathjax" i], script[src*="tex-mml" i]')) {
+  done('no math');
+  return;
+}
 (function poll() {
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
     MathJax.startup.promise.then(() => done('ok'), e => done('error: ' + e));

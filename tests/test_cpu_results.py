@@ -2,9 +2,15 @@
 the stored history (same code path, one thread, the CPU; the issue "Experiments whose own runs
 show neural collapse").
 
-The retraining runs in a fresh process with torch's CPU kernels pinned to AVX2
-(:data:`nclib.threads.AVX2_KERNELS`), the kernels the stored runs were trained with: other kernels
-round differently, and two epochs are enough to turn that into a different training accuracy."""
+The match is bitwise on the kind of CPU that trained the stored run, and only there: other kernels
+round differently, and two epochs are enough to turn that into a different training accuracy. The
+retraining runs in a fresh process with torch's CPU kernels pinned to AVX2
+(:data:`nclib.threads.AVX2_KERNELS`), which the stored runs used; that does not make other CPUs
+agree (measured on an Intel Xeon, family 6, model 167, with these kernels: 92.78% training accuracy
+after epoch 1 against the stored 92.68%; with its own AVX-512 kernels 94.74%). There the test
+retrains, says by how much it differs, and skips: at two epochs the spread between kernels is as
+large as the effect of doubling the learning rate (91.14% there, with the AVX2 kernels), so no tolerance would test
+anything."""
 from __future__ import annotations
 
 import json
@@ -16,6 +22,11 @@ import sys
 import pytest
 
 from nclib import configs, experiments as E, threads
+
+#: The CPU that trained the stored cpu-profile files, which predate the field recording it: the first
+#: epochs of ``fig3-mnist-sgd`` retrain bitwise on it (2026-12-02; book/results/README.md). A result
+#: that records its CPU is compared with that.
+STORED_CPU = "AMD EPYC (family 25, model 1)"
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "book" / "results"
 
@@ -48,16 +59,27 @@ def test_first_epochs_of_a_stored_cpu_run_are_reproduced(tmp_path):
     res = json.loads(out.read_text())
     h, s = res["history"], stored["history"]
     p, q = stored["provenance"], res["provenance"]
-    # a miss on another CPU need not be a bug (see the module docstring): the message says where each ran
-    where = (f"stored on {p.get('cpu_model', 'an unrecorded CPU')} ({p.get('cpu_capability', '?')} kernels), "
-             f"retrained on {q['cpu_model']} ({q['cpu_capability']} kernels)")
-    if q["cpu_capability"] != "AVX2":  # aten falls back to what the CPU has
-        pytest.skip(f"this CPU cannot run the stored runs' AVX2 kernels (torch chose {q['cpu_capability']}), "
-                    "and other kernels train differently")
+    trained_on = p.get("cpu_model", STORED_CPU), p.get("cpu_capability", "AVX2")
+    here = q["cpu_model"], q["cpu_capability"]
+    where = f"stored on {trained_on[0]} ({trained_on[1]} kernels), retrained on {here[0]} ({here[1]} kernels)"
+    misses = _misses(h, s)
+    if misses and here != trained_on:  # a miss on another CPU is not a bug (module docstring)
+        pytest.skip(f"{where}: other CPUs train differently, so bitwise reproduction is checked only on "
+                    f"the stored runs' kind of CPU; here {misses[0]}")
+    assert not misses, f"{where}:\n  " + "\n  ".join(misses)
+    assert res["content_hash"] == E.content_hash(res)  # the fresh results are plain JSON like the stored ones
+
+
+def _misses(h: dict, s: dict) -> list[str]:
+    """Where the retrained history ``h`` (epochs 1 and 2) differs from the stored one ``s``."""
+    out = []
     for i, ep in enumerate((1, 2)):
         j = s["epoch"].index(ep)
-        assert h["train_acc"][i] == s["train_acc"][j] and h["test_acc"][i] == s["test_acc"][j], where
-        assert h["per_epoch"]["loss"][i] == pytest.approx(s["per_epoch"]["loss"][i], rel=1e-6), where
-        for k in ("nc1", "nc2", "nc3", "nc4", "test_nc1", "test_nc3"):
-            assert h[k][i] == pytest.approx(s[k][j], rel=1e-6), (ep, k, where)
-    assert res["content_hash"] == E.content_hash(res)  # the fresh results are plain JSON like the stored ones
+        for k in ("train_acc", "test_acc"):
+            if h[k][i] != s[k][j]:
+                out.append(f"epoch {ep} {k}: {h[k][i]} retrained, {s[k][j]} stored")
+        pairs = [("loss", h["per_epoch"]["loss"][i], s["per_epoch"]["loss"][i])]
+        pairs += [(k, h[k][i], s[k][j]) for k in ("nc1", "nc2", "nc3", "nc4", "test_nc1", "test_nc3")]
+        out += [f"epoch {ep} {k}: {a:.9g} retrained, {b:.9g} stored" for k, a, b in pairs
+                if a != pytest.approx(b, rel=1e-6)]
+    return out
