@@ -13,7 +13,7 @@ Usage::
     python tools/frontier.py [--factor 1.5] NAME [NAME ...]
 
 Each run appends one JSON line to ``book/results/frontier.jsonl``: the name, factor, epochs,
-milestones, wall time, threads, the logged history (epoch, train accuracy, NC1-NC4 train, test
+milestones, wall time, threads, the CPU model, the logged history (epoch, train accuracy, NC1-NC4 train, test
 accuracy, test NC1) and the target checks.
 """
 import argparse
@@ -55,6 +55,7 @@ def main(argv=None):
         h = res["history"]
         rec = dict(name=name, factor=args.factor, epochs=cfg.epochs, lr_milestones=list(cfg.lr_milestones),
                    wall_s=time.time() - t0, threads=n_threads, commit=res["provenance"].get("git_commit"),
+                   cpu=res["provenance"].get("cpu_model"),
                    history={k: h[k] for k in KEEP if k in h}, checks=pages.terminal_phase_checks(res))
         with open(args.out, "a") as f:
             f.write(json.dumps(rec) + "\n")
