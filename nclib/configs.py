@@ -116,6 +116,7 @@ class ExperimentConfig:
     seed: int = 0
     precision: str = "fp32"
     compile: bool = False
+    flush_denormal: bool = False
 
     def to_dict(self) -> dict:
         """All fields as plain JSON types (tuples become lists)."""
@@ -169,13 +170,9 @@ def _json(v):
 # ----------------------------------------------------------------------------- the cpu recipe
 #: Weight decay of the cpu recipe (all parameters, eq. (2)); the paper's is 5e-4 (see module doc).
 CPU_WEIGHT_DECAY = 1e-2
-#: Epochs and learning-rate milestones (x 0.1) of the cpu recipe for SGD and Adam.  The search
-#: chose 150 epochs with milestones 70 and 120 (what fitted the budget on the AMD EPYC the project
-#: first ran on); the compute frontier (``tools/frontier.py``, training-set targets only) then
-#: showed three more runs meeting every target with 1.5x that schedule, which on the Intel Xeon of
-#: later sessions costs less than the original did there.  Hence 1.5x: 225 epochs, 105 and 180.
-CPU_EPOCHS = 225
-CPU_MILESTONES = (105, 180)
+#: Epochs and learning-rate milestones (x 0.1) of the cpu recipe for SGD and Adam.
+CPU_EPOCHS = 150
+CPU_MILESTONES = (70, 120)
 #: L-BFGS in the cpu recipe: all 5,000 images per step (one step per epoch), the standard
 #: quasi-Newton step length 1 (the strong-Wolfe line search starts there), the SGD recipe's
 #: weight decay, and as many steps as fit into about 20 minutes on one core (about 90 s each).

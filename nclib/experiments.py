@@ -384,7 +384,8 @@ def run_experiment(config: ExperimentConfig, *, device=None, checkpoint=None, pr
         lambda_H=config.lambda_H, lambda_b=config.lambda_b, feature_decay_mode=config.feature_decay,
         augment=config.augment, augment_fill=data_info["augment_fill"] if config.augment else None,
         log_epochs=log_epochs, eval_batch_size=config.eval_batch_size, device=device, seed=config.seed,
-        precision=config.precision, compile=config.compile, checkpoint=checkpoint, progress=progress,
+        precision=config.precision, compile=config.compile, flush_denormal=config.flush_denormal,
+        checkpoint=checkpoint, progress=progress,
         extra_settings=dict(config_hash=config_hash(config)),
     )
     elapsed = time.perf_counter() - t0
@@ -448,6 +449,7 @@ def _results(config, history, params, data_info, elapsed, provenance_extra, comm
         torchvision_version=torchvision.__version__, python_version=platform.python_version(),
         device=s["device"], device_name=s["device_name"], tf32_matmul=s["tf32_matmul"],
         tf32_cudnn=s["tf32_cudnn"], precision=s["precision"], torch_compile=s["compile"],
+        flush_denormal=s["flush_denormal"],
         cpu_threads=torch.get_num_threads(), wall_time_s=history["wall_time"],
         wall_time_this_call_s=elapsed,
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

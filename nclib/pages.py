@@ -767,13 +767,14 @@ def _cpu_runs_by_name(runs: dict) -> dict:
 
 def frontier_rows(records: list, runs: dict) -> list:
     """The records of ``tools/frontier.py`` whose run is in ``runs`` (label -> stored results; a
-    ``cpu`` run of the same configuration name), as ``(label, record, missed_before,
-    missed_after)``: the targets the stored run misses (names) and the checks the stretched run
-    still misses (:func:`frontier_checks` rows)."""
+    ``cpu`` run of the same configuration name) and that trained longer than it (a record made
+    before the recipe grew to its schedule is no longer more compute), as ``(label, record,
+    missed_before, missed_after)``: the targets the stored run misses (names) and the checks the
+    stretched run still misses (:func:`frontier_checks` rows)."""
     by_name = _cpu_runs_by_name(runs)
     rows = []
     for rec in records:
-        if rec["name"] in by_name:
+        if rec["name"] in by_name and rec["epochs"] > by_name[rec["name"]][1]["config"]["epochs"]:
             label, res = by_name[rec["name"]]
             before = [c["target"] for c in terminal_phase_checks(res) if not c["met"]]
             rows.append((label, rec, before, [c for c in frontier_checks(rec) if not c["met"]]))
@@ -786,10 +787,12 @@ def frontier_markdown(records: list, runs: dict) -> str:
     schedule and wall time and the targets the run still misses or now meets; "" when no
     record matches."""
     lines = []
+    stored_epochs = {name: res["config"]["epochs"] for name, (_, res) in _cpu_runs_by_name(runs).items()}
     for label, rec, before, after in frontier_rows(records, runs):
-        m = rec["lr_milestones"]
-        head = (f"- {label}: {rec['factor']:g}x the schedule ({rec['epochs']} epochs, steps at "
-                f"{' and '.join(str(e) for e in m)}), {rec['wall_s'] / 60:.1f} min; missed before: "
+        m, e0 = rec["lr_milestones"], stored_epochs[rec["name"]]
+        cpu = f" on {rec['cpu']}" if rec.get("cpu") else ""
+        head = (f"- {label}: {rec['epochs']} epochs ({rec['epochs'] / e0:.3g}x the stored run's {e0}), steps at "
+                f"{' and '.join(str(e) for e in m)}, {rec['wall_s'] / 60:.1f} min{cpu}; missed before: "
                 f"{', '.join(before) if before else 'none'}; ")
         if after:
             head += "still missed: " + "; ".join(
@@ -805,13 +808,17 @@ def frontier_markdown(records: list, runs: dict) -> str:
 
 
 def unfitted_rows(records: list, runs: dict) -> list:
-    """The records of ``tools/bn_eval_check.py`` whose run is in ``runs`` (label -> stored ``cpu``
-    results), as ``(label, record, before, after)``: the indices of the training images wrong at
+    """The records of ``tools/bn_eval_check.py`` made from a run in ``runs`` (label -> stored ``cpu``
+    results; a record that names the content hash of the run it retrained matches only that run, so
+    that a record of an earlier run of the same name is not shown for a new one; older records,
+    without the hash, match by name), as ``(label, record, before, after)``: the indices of the training images wrong at
     the final weights in eval mode with the running BatchNorm statistics (``before``) and after
     re-estimating them (``after``), as sets."""
     by_name = _cpu_runs_by_name(runs)
     return [(by_name[rec["name"]][0], rec, {w["index"] for w in rec["wrong_eval_running"]},
-             {w["index"] for w in rec["wrong_eval_recalibrated"]}) for rec in records if rec["name"] in by_name]
+             {w["index"] for w in rec["wrong_eval_recalibrated"]}) for rec in records
+            if rec["name"] in by_name and rec.get("stored_content_hash", by_name[rec["name"]][1].get("content_hash"))
+            == by_name[rec["name"]][1].get("content_hash")]
 
 
 def unfitted_markdown(records: list, runs: dict, class_names=None) -> str:

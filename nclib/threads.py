@@ -33,13 +33,13 @@ __all__ = ["default_threads", "configure", "AVX2_KERNELS"]
 #: MKL's (conditional numerical reproducibility, AVX2 code path) and oneDNN's (convolutions). It
 #: must be set before torch starts (a fresh process).  The same code and settings train
 #: differently when the kernels differ, because their roundings differ and training amplifies
-#: them (measured on the project's machine: 2 epochs of the stored ``fig3-mnist-sgd`` run end at
-#: 92.68% training accuracy after epoch 1 with its AVX2 kernels, 90.54% with
-#: ``ATEN_CPU_CAPABILITY=default``, 93.62% with oneDNN capped at SSE4.1).  The stored ``cpu`` results
-#: were trained with AVX2 kernels; this environment leaves that machine's numbers unchanged
-#: (checked), but it does not make another CPU agree: on an Intel Xeon (family 6, model 167) the
-#: first epoch ends at 92.78% with it and at 94.74% with that CPU's own AVX-512 kernels (oneDNN, the
-#: convolutions, still chooses its loops by CPU; without oneDNN the result differs again).
+#: them (measured on an AMD EPYC, family 25, model 1: 2 epochs of the ``fig3-mnist-sgd`` run then
+#: stored end at 92.68% training accuracy after epoch 1 with its default AVX2 kernels, 90.54% with
+#: ``ATEN_CPU_CAPABILITY=default``, 93.62% with oneDNN capped at SSE4.1).  This environment leaves
+#: that machine's numbers unchanged (checked), but it does not make another CPU agree: on an Intel
+#: Xeon (family 6, model 167) the first epoch ends at 92.78% with it and at 94.74% with that CPU's
+#: own AVX-512 kernels (oneDNN, the convolutions, still chooses its loops by CPU; without oneDNN the
+#: result differs again).  Results record which of these variables were set (``kernel_env``).
 AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 

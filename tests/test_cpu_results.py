@@ -2,15 +2,16 @@
 the stored history (same code path, one thread, the CPU; the issue "Experiments whose own runs
 show neural collapse").
 
-The match is bitwise on the kind of CPU that trained the stored run, and only there: other kernels
-round differently, and two epochs are enough to turn that into a different training accuracy. The
-retraining runs in a fresh process with torch's CPU kernels pinned to AVX2
-(:data:`nclib.threads.AVX2_KERNELS`), which the stored runs used; that does not make other CPUs
-agree (measured on an Intel Xeon, family 6, model 167, with these kernels: 92.78% training accuracy
-after epoch 1 against the stored 92.68%; with its own AVX-512 kernels 94.74%). There the test
-retrains, says by how much it differs, and skips: at two epochs the spread between kernels is as
-large as the effect of doubling the learning rate (91.14% there, with the AVX2 kernels), so no tolerance would test
-anything."""
+The match is bitwise on the kind of CPU that trained the stored run, with the kernels it used, and
+only there: other kernels round differently, and two epochs are enough to turn that into a
+different training accuracy. The retraining runs in a fresh process with the kernel environment
+the stored run recorded (``provenance.kernel_env``; for files that predate it, torch's AVX2 kernels,
+:data:`nclib.threads.AVX2_KERNELS`). Pinning kernels does not make other CPUs agree (measured on an
+Intel Xeon, family 6, model 167, against a run stored on an AMD EPYC: 92.78% training accuracy after
+epoch 1 with AVX2 kernels against the stored 92.68%; with its own AVX-512 kernels 94.74%). On another
+CPU the test retrains, says by how much it differs, and skips: at two epochs the spread between
+kernels is as large as the effect of doubling the learning rate (91.14% there), so no tolerance
+would test anything."""
 from __future__ import annotations
 
 import json
@@ -23,8 +24,8 @@ import pytest
 
 from nclib import configs, experiments as E, threads
 
-#: The CPU that trained the stored cpu-profile files, which predate the field recording it: the first
-#: epochs of ``fig3-mnist-sgd`` retrain bitwise on it (2026-12-02; book/results/README.md). A result
+#: The CPU that trained the cpu-profile files made before results recorded it: the first epochs of
+#: their ``fig3-mnist-sgd`` retrained bitwise on it (2026-12-02; book/results/README.md). A result
 #: that records its CPU is compared with that.
 STORED_CPU = "AMD EPYC (family 25, model 1)"
 
@@ -53,13 +54,16 @@ def test_first_epochs_of_a_stored_cpu_run_are_reproduced(tmp_path):
         pytest.skip(f"MNIST is not available offline here ({exc})")
     stored = E.load_or_run(cfg, RESULTS, run=False)
     out = tmp_path / "retrained.json"
-    env = {**os.environ, **threads.AVX2_KERNELS}
+    p = stored["provenance"]
+    if "cpu_model" in p:  # the result names its CPU and kernel environment: retrain in that environment
+        trained_on, kernel_env = (p["cpu_model"], p["cpu_capability"]), p.get("kernel_env", {})
+    else:  # files from before these fields (module docstring)
+        trained_on, kernel_env = (STORED_CPU, "AVX2"), threads.AVX2_KERNELS
+    env = {k: v for k, v in os.environ.items() if k not in threads.AVX2_KERNELS} | kernel_env
     subprocess.run([sys.executable, "-c", RETRAIN, str(stored["provenance"]["cpu_threads"]), str(out)],
                    env=env, check=True, timeout=600)
     res = json.loads(out.read_text())
-    h, s = res["history"], stored["history"]
-    p, q = stored["provenance"], res["provenance"]
-    trained_on = p.get("cpu_model", STORED_CPU), p.get("cpu_capability", "AVX2")
+    h, s, q = res["history"], stored["history"], res["provenance"]
     here = q["cpu_model"], q["cpu_capability"]
     where = f"stored on {trained_on[0]} ({trained_on[1]} kernels), retrained on {here[0]} ({here[1]} kernels)"
     misses = _misses(h, s)

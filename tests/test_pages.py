@@ -153,12 +153,14 @@ def _frontier_history(last_acc, nc1_final):
 
 def _unfitted_record(name, before, after):
     w = lambda idx: [dict(index=i, label=i % 10, pred=(i + 1) % 10, margin=0.5) for i in idx]  # noqa: E731
-    return dict(name=name, n_train=5000, reproduces_stored_history=True, eval_running=1 - len(before) / 5000,
+    return dict(name=name, stored_content_hash=f"hash-{name}", n_train=5000, reproduces_stored_history=True,
+                eval_running=1 - len(before) / 5000,
                 wrong_eval_running=w(before), wrong_eval_recalibrated=w(after))
 
 
 def test_unfitted_rows_and_markdown_hand_made():
-    cfg = lambda name, profile="cpu": dict(config=dict(name=name, profile=profile, dataset="cifar10-jpeg"))  # noqa: E731
+    cfg = lambda name, profile="cpu": dict(config=dict(name=name, profile=profile, dataset="cifar10-jpeg"),  # noqa: E731
+                                           content_hash=f"hash-{name}")
     runs = {"cifar etf": cfg("fig7-cifar10-resnet18-etf"), "cifar eq4": cfg("fig6-cifar10-eq4")}
     same = _unfitted_record("fig7-cifar10-resnet18-etf", [12], [12])
     fewer = _unfitted_record("fig6-cifar10-eq4", [3, 7, 9], [7, 9, 21])
@@ -182,6 +184,10 @@ def test_unfitted_rows_and_markdown_hand_made():
     assert text.endswith("With re-estimated statistics, cifar eq4 classifies every training image: there the miss "
                          "is eval mode's running statistics.")
     assert pages.unfitted_markdown([same], {}) == ""
+    earlier = dict(same, stored_content_hash="hash-of-an-earlier-run")  # the same name, another run
+    assert pages.unfitted_rows([earlier], runs) == [] and pages.unfitted_markdown([earlier], runs) == ""
+    legacy = {k: v for k, v in same.items() if k != "stored_content_hash"}  # records made before the field: by name
+    assert [label for label, *_ in pages.unfitted_rows([legacy], runs)] == ["cifar etf"]
     assert pages.unfitted_markdown([same], {"cifar etf": cfg("fig7-cifar10-resnet18-etf", "smoke")}) == ""
 
 
@@ -200,8 +206,13 @@ def test_frontier_checks_and_markdown_hand_made():
     text = pages.frontier_markdown([rec, worse, dict(rec, name="fig3-mnist-sgd")], {"mnist dk": stored})
     lines = text.splitlines()[2:]
     assert len(lines) == 2  # the fig3 record has no run shown
-    assert lines[0].startswith("- mnist dk: 1.5x the schedule (225 epochs, steps at 105 and 180), 10.0 min; "
+    assert lines[0].startswith("- mnist dk: 225 epochs (1.5x the stored run's 150), steps at 105 and 180, 10.0 min; "
                                "missed before: NC2 final; ") and lines[0].endswith("**every target met**.")
+    on = pages.frontier_markdown([dict(rec, cpu="Intel Xeon")], {"mnist dk": stored})
+    assert "steps at 105 and 180, 10.0 min on Intel Xeon; missed before" in on
+    # a record no longer than the stored run (made before the recipe grew) is not more compute
+    longer = dict(stored, config=dict(stored["config"], epochs=225))
+    assert pages.frontier_rows([rec], {"mnist dk": longer}) == [] and pages.frontier_markdown([rec], {"mnist dk": longer}) == ""
     assert "still missed: train acc = 100% (last quarter) 99.80% against 100.00%; NC1 final 0.02 against 0.01" in lines[1]
     assert pages.frontier_markdown([rec], {}) == ""
     smoke = dict(stored, config=dict(stored["config"], profile="smoke"))  # same name, another profile

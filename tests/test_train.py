@@ -445,3 +445,26 @@ def test_lbfgs_evaluations_use_statistics_of_the_current_parameters():
     mean0 = _bn_layers(sgd)[0].running_mean.clone()
     T.recalibrate_batchnorm(sgd, X)
     assert not torch.allclose(mean0, _bn_layers(sgd)[0].running_mean, atol=1e-6)
+
+
+def test_flush_denormal_while_training_only():
+    """``flush_denormal=True``: subnormal floats count as zero during training (checked inside the
+    forward pass: 1e-39 * 1 gives 0), and the CPU's setting is restored afterwards; off by default."""
+    tiny = torch.tensor(1e-39, dtype=torch.float32)
+    assert float(tiny * 1.0) != 0.0  # a float32 subnormal, kept by default
+    (X, y), seen = blobs(), []
+
+    def record(module, inp, out):
+        seen.append(float(tiny * 1.0))
+
+    for flush in (False, True):
+        seen.clear()
+        model = make()
+        handle = model.classifier.register_forward_hook(record)  # training calls features and classifier
+        h = T.train(model, (X, y), optimizer="sgd", epochs=1, lr=0.1, batch_size=10, flush_denormal=flush, **KW)
+        handle.remove()
+        assert seen and all((v == 0.0) == flush for v in seen), (flush, seen)
+        assert h["settings"]["flush_denormal"] is flush
+        assert float(tiny * 1.0) != 0.0  # restored
+    with pytest.raises(ValueError, match="flush_denormal must be True or False, got 'yes'"):
+        T.train(make(), (X, y), epochs=1, lr=0.1, batch_size=10, flush_denormal="yes", **KW)

@@ -69,7 +69,7 @@ def check(name: str) -> dict:
     h, hs = res["history"], stored["history"]
     same = all(h[k] == hs[k] for k in ("train_loss", "train_acc"))
     acc = lambda z: float((z.argmax(1) == y).double().mean())  # noqa: E731
-    return dict(name=name, n_train=int(X.shape[0]), reproduces_stored_history=same,
+    return dict(name=name, stored_content_hash=stored["content_hash"], n_train=int(X.shape[0]), reproduces_stored_history=same,
                 logged_train_acc=h["train_acc"][-1], stored_train_acc=hs["train_acc"][-1],
                 eval_running=acc(z_eval), eval_recalibrated=acc(z_recal),
                 wrong_eval_running=wrong(z_eval, y), wrong_eval_recalibrated=wrong(z_recal, y),

@@ -1,7 +1,7 @@
 """The compute frontier of the ``cpu`` profile: a stored run retrained with its schedule stretched.
 
-The ``cpu`` recipe (``nclib.configs``: 150 epochs, learning rate x 0.1 at epochs 70 and 120) fills
-the profile's budget (about 4 core-hours for all runs, about 20 minutes a run).  For the runs that
+The ``cpu`` recipe (``nclib.configs.CPU_EPOCHS`` epochs, learning rate x 0.1 at ``CPU_MILESTONES``)
+fills the profile's budget (about 4 core-hours for all runs, about 20 minutes a run).  For the runs that
 miss a terminal-phase target (``nclib.pages.terminal_phase_checks``), this retrains the same
 configuration with every epoch count of the schedule multiplied by ``--factor`` (epochs and both
 milestones; same data, seed, width, batch, learning rates, weight decay) and records what the longer

@@ -51,7 +51,7 @@ def frontier_table(results_dir: str) -> None:
     for name, rec, before, after in P.frontier_rows(records, stored):
         h = rec["history"]
         last_q = P.frontier_checks(rec)[0]["value"]  # the smallest train accuracy of the last quarter
-        print(f"| {name} | {rec['factor']:g}x: {rec['epochs']} epochs, steps at "
+        print(f"| {name} | {rec['epochs'] / stored[name]['config']['epochs']:.3g}x: {rec['epochs']} epochs, steps at "
               f"{', '.join(map(str, rec['lr_milestones']))} | {rec['wall_s'] / 60:.1f} min | {_g(h['nc1'][-1])} | "
               f"{_g(h['nc2'][-1])} | {_g(h['nc3'][-1])} | {100 * last_q:.2f}% | "
               f"{', '.join(before) or 'none'} | {', '.join(c['target'] for c in after) or 'none: all met'} |")
