@@ -809,16 +809,15 @@ def frontier_markdown(records: list, runs: dict) -> str:
 
 def unfitted_rows(records: list, runs: dict) -> list:
     """The records of ``tools/bn_eval_check.py`` made from a run in ``runs`` (label -> stored ``cpu``
-    results; a record that names the content hash of the run it retrained matches only that run, so
-    that a record of an earlier run of the same name is not shown for a new one; older records,
-    without the hash, match by name), as ``(label, record, before, after)``: the indices of the training images wrong at
+    results; a record matches only the run whose content hash it names, so that a record of an
+    earlier run of the same name is not shown for a new one; records made before the field match
+    nothing), as ``(label, record, before, after)``: the indices of the training images wrong at
     the final weights in eval mode with the running BatchNorm statistics (``before``) and after
     re-estimating them (``after``), as sets."""
     by_name = _cpu_runs_by_name(runs)
     return [(by_name[rec["name"]][0], rec, {w["index"] for w in rec["wrong_eval_running"]},
              {w["index"] for w in rec["wrong_eval_recalibrated"]}) for rec in records
-            if rec["name"] in by_name and rec.get("stored_content_hash", by_name[rec["name"]][1].get("content_hash"))
-            == by_name[rec["name"]][1].get("content_hash")]
+            if rec["name"] in by_name and rec.get("stored_content_hash") == by_name[rec["name"]][1].get("content_hash")]
 
 
 def unfitted_markdown(records: list, runs: dict, class_names=None) -> str:

@@ -186,8 +186,8 @@ def test_unfitted_rows_and_markdown_hand_made():
     assert pages.unfitted_markdown([same], {}) == ""
     earlier = dict(same, stored_content_hash="hash-of-an-earlier-run")  # the same name, another run
     assert pages.unfitted_rows([earlier], runs) == [] and pages.unfitted_markdown([earlier], runs) == ""
-    legacy = {k: v for k, v in same.items() if k != "stored_content_hash"}  # records made before the field: by name
-    assert [label for label, *_ in pages.unfitted_rows([legacy], runs)] == ["cifar etf"]
+    legacy = {k: v for k, v in same.items() if k != "stored_content_hash"}  # records made before the field
+    assert pages.unfitted_rows([legacy], runs) == []
     assert pages.unfitted_markdown([same], {"cifar etf": cfg("fig7-cifar10-resnet18-etf", "smoke")}) == ""
 
 
