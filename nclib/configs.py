@@ -174,8 +174,8 @@ CPU_WEIGHT_DECAY = 1e-2
 #: Epochs and learning-rate milestones (x 0.1) of the cpu recipe for SGD and Adam.  The search
 #: chose 150 epochs with milestones 70 and 120 (what fitted the budget on the AMD EPYC the project
 #: first ran on); the compute frontier (``tools/frontier.py``, training-set targets only) then
-#: showed three more runs meeting every target with 1.5x that schedule, which the Intel Xeon of
-#: later sessions fits into the budget.  Hence 1.5x: 225 epochs, steps after 105 and 180.
+#: showed two more runs meeting every target with 1.5x that schedule (one more at 2.5x), which the
+#: Intel Xeon of later sessions fits into the budget.  Hence 1.5x: 225 epochs, steps after 105 and 180.
 CPU_EPOCHS = 225
 CPU_MILESTONES = (105, 180)
 #: The cpu profile trains with subnormal floats taken as zero (``nclib.train.train``'s

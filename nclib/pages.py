@@ -803,7 +803,9 @@ def frontier_markdown(records: list, runs: dict) -> str:
     if not lines:
         return ""
     return ("With more compute (`tools/frontier.py`, stored in `results/frontier.jsonl`: the same configuration "
-            "with every epoch count of the schedule multiplied; wall times on one thread):\n\n"
+            "with every epoch count of the schedule multiplied; wall times on one thread; a record that names no "
+            "CPU was made on an earlier session's machine, and on another CPU the same run trains differently, "
+            "so a longer run can miss a target that the stored run meets):\n\n"
             + "\n".join(lines))
 
 
