@@ -76,6 +76,7 @@ __all__ = [
     "frontier_checks",
     "frontier_rows",
     "frontier_markdown",
+    "frontier_on_stored_schedule",
     "unfitted_rows",
     "unfitted_markdown",
     "optimizer_steps",
@@ -807,6 +808,20 @@ def frontier_markdown(records: list, runs: dict) -> str:
             "CPU was made on an earlier session's machine, and on another CPU the same run trains differently, "
             "so a longer run can miss a target that the stored run meets):\n\n"
             + "\n".join(lines))
+
+
+def frontier_on_stored_schedule(records: list, results_dir) -> list:
+    """The records of ``tools/frontier.py`` whose schedule (epochs and milestones) is that of the
+    ``cpu`` configuration of their name today, paired with its stored results in ``results_dir``:
+    ``[(record, results)]``.  The same configuration and schedule trained twice, so their wall
+    times compare the machines that ran them (the chapter on Section 4.1 prints them)."""
+    out = []
+    for rec in records:
+        cfg = C.get_config(rec["name"], "cpu")
+        path = E.results_path(cfg, results_dir)
+        if (rec["epochs"], list(rec["lr_milestones"])) == (cfg.epochs, list(cfg.lr_milestones or ())) and path.exists():
+            out.append((rec, E.load_results_file(path)))
+    return out
 
 
 def unfitted_rows(records: list, runs: dict) -> list:

@@ -494,7 +494,7 @@ def train(model, train_data, test_data=None, *, num_classes: int | None = None, 
     precision : ``"fp32"`` (strict, TF32 off), ``"tf32"`` or ``"bf16"`` (autocast) for training.
     compile : ``torch.compile`` of the training forward (off by default).
     flush_denormal : on the CPU, compute with subnormal floats (below 1.2e-38 in float32) taken as
-        zero while training (``torch.set_flush_denormal``, for the calling thread; restored after).
+        zero while training (``torch.set_flush_denormal``, for the calling thread; switched off after).
         Weight decay drives many weights there (at epoch 126 of the cpu profile's Adam run on
         MNIST with a 225-epoch schedule, 606,007 of its 705,786 parameters), and some CPUs compute
         with them far more slowly: on an Intel Xeon (family 6, model 167) 40 training steps from

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import math
+import pathlib
 
 import pytest
 
-from nclib import configs, pages
+from nclib import configs, experiments, pages
 
 
 def fake_result(dataset="mnist", epochs=8, nc1=(1.0, 0.5, 0.02, 0.004), nc2=(0.5, 0.3, 0.1, 0.1),
@@ -238,3 +239,16 @@ def test_provenance_line_names_the_cpu_when_recorded():
     assert pages.provenance_line(res).startswith("fig3-mnist-sgd: cpu (AMD EPYC (family 25, model 1), AVX2 kernels), ")
     res["provenance"].update(device="cuda", device_name="NVIDIA H200")  # a GPU run: the GPU's name
     assert pages.provenance_line(res).startswith("fig3-mnist-sgd: cuda (NVIDIA H200), ")
+
+
+def test_frontier_on_stored_schedule_pairs_same_schedule_only(tmp_path):
+    cfg = configs.get_config("fig6-mnist-batch_sum", "cpu")
+    stored_dir = pathlib.Path(__file__).resolve().parents[1] / "book" / "results"
+    if not experiments.results_path(cfg, stored_dir).exists():
+        pytest.skip("no stored cpu result for fig6-mnist-batch_sum")
+    rec = dict(name=cfg.name, epochs=cfg.epochs, lr_milestones=list(cfg.lr_milestones))
+    longer = dict(rec, epochs=2 * cfg.epochs)  # another schedule: not paired
+    moved = dict(rec, lr_milestones=[m + 1 for m in cfg.lr_milestones])  # same epochs, other steps: not paired
+    got = pages.frontier_on_stored_schedule([rec, longer, moved], stored_dir)
+    assert [(r is rec, res["config"]["name"], res["config"]["epochs"]) for r, res in got] == [(True, cfg.name, cfg.epochs)]
+    assert pages.frontier_on_stored_schedule([rec], tmp_path) == []  # nothing stored there
