@@ -433,7 +433,7 @@ def test_optimizer_steps_by_hand():
     assert (CO.optimizer_steps(mnist), CO.optimizer_steps(mnist, mnist.lr_step)) == (47_000, 9_400)
     assert (CO.optimizer_steps(cifar), CO.optimizer_steps(cifar, cifar.lr_step)) == (39_200, 7_840)
     c = E.get_config("fig3-mnist-sgd", "cpu")
-    assert (CO.optimizer_steps(c), CO.optimizer_steps(c, 105)) == (79 * 225, 79 * 105)
+    assert (CO.optimizer_steps(c), CO.optimizer_steps(c, 175)) == (79 * 375, 79 * 175)
     assert CO.optimizer_steps(E.get_config("fig3-mnist-lbfgs", "cpu")) == 12  # one full batch a step
     with pytest.raises(ValueError, match="epochs must be an integer >= 0, got -1"):
         CO.optimizer_steps(c, -1)
