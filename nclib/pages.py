@@ -77,6 +77,8 @@ __all__ = [
     "frontier_rows",
     "frontier_markdown",
     "frontier_on_stored_schedule",
+    "same_schedule_rows",
+    "same_schedule_markdown",
     "unfitted_rows",
     "unfitted_markdown",
     "optimizer_steps",
@@ -808,6 +810,46 @@ def frontier_markdown(records: list, runs: dict) -> str:
             "CPU was made on an earlier session's machine, and on another CPU the same run trains differently, "
             "so a longer run can miss a target that the stored run meets):\n\n"
             + "\n".join(lines))
+
+
+def same_schedule_rows(records: list, runs: dict) -> list:
+    """The records of ``tools/frontier.py`` whose run is in ``runs`` (label -> stored ``cpu``
+    results) and that trained exactly the stored run's schedule (epochs and milestones): the same
+    configuration trained twice, at another commit or on another machine, as ``(label, record,
+    missed_stored, missed_record)`` (target names)."""
+    by_name = _cpu_runs_by_name(runs)
+    rows = []
+    for rec in records:
+        if rec["name"] not in by_name:
+            continue
+        label, res = by_name[rec["name"]]
+        c = res["config"]
+        if (rec["epochs"], list(rec["lr_milestones"])) == (c["epochs"], list(c.get("lr_milestones") or ())):
+            rows.append((label, rec, [x["target"] for x in terminal_phase_checks(res) if not x["met"]],
+                         [x["target"] for x in frontier_checks(rec) if not x["met"]]))
+    return rows
+
+
+def same_schedule_markdown(records: list, runs: dict) -> str:
+    """One line per row of :func:`same_schedule_rows`: the targets the stored run and the record
+    (the same configuration and schedule, trained elsewhere) each miss; "" when no record matches."""
+    rows = same_schedule_rows(records, runs)
+    if not rows:
+        return ""
+    lines = []
+    for label, rec, stored, other in rows:
+        where = f"on {rec['cpu']}" if rec.get("cpu") else "on an earlier session's machine"
+        lines.append(f"- {label}: stored run: {', '.join(stored) if stored else 'every target met'}; "
+                     f"trained {where} ({rec['wall_s'] / 60:.1f} min): {', '.join(other) if other else 'every target met'}.")
+    differ = sum(a != b for _, _, a, b in rows)
+    return ("The same configurations on the same schedule were also trained before this recipe was chosen "
+            "(`tools/frontier.py`, `results/frontier.jsonl`; one thread; a record that names no CPU was made on an "
+            "earlier session's machine, without `flush_denormal`). Targets missed, the stored run against that "
+            "record:\n\n" + "\n".join(lines)
+            + f"\n\nThe two trainings miss different targets in {differ} of {len(rows)} cases: "
+            + ("where they differ, the same recipe met a target in one training and missed it in the other, so "
+               "that target sits at the edge of what this recipe reaches." if differ else
+               "here the outcome did not depend on where the run was trained."))
 
 
 def frontier_on_stored_schedule(records: list, results_dir) -> list:

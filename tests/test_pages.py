@@ -252,3 +252,24 @@ def test_frontier_on_stored_schedule_pairs_same_schedule_only(tmp_path):
     got = pages.frontier_on_stored_schedule([rec, longer, moved], stored_dir)
     assert [(r is rec, res["config"]["name"], res["config"]["epochs"]) for r, res in got] == [(True, cfg.name, cfg.epochs)]
     assert pages.frontier_on_stored_schedule([rec], tmp_path) == []  # nothing stored there
+
+
+def test_same_schedule_rows_and_markdown_hand_made():
+    # the stored run and a record of the same 225-epoch schedule: the record misses the last-quarter
+    # accuracy (99.8% at the logged epoch 200), the stored run meets every target
+    rec = dict(name="fig7-mnist-resnet18-dk", factor=1.5, epochs=225, lr_milestones=[105, 180], wall_s=1080.0,
+               history=_frontier_history(0.998, 0.005))
+    h = _frontier_history(1.0, 0.005)
+    stored = dict(config=dict(name="fig7-mnist-resnet18-dk", profile="cpu", dataset="mnist", epochs=225,
+                              lr_milestones=[105, 180]), history=h)
+    rows = pages.same_schedule_rows([rec, dict(rec, epochs=375, lr_milestones=[175, 300])], {"mnist dk": stored})
+    assert [(label, a, b) for label, _, a, b in rows] == [("mnist dk", [], ["train acc = 100% (last quarter)"])]
+    text = pages.same_schedule_markdown([rec], {"mnist dk": stored})
+    assert ("- mnist dk: stored run: every target met; trained on an earlier session's machine (18.0 min): "
+            "train acc = 100% (last quarter).") in text
+    assert "differ in 1 of 1 cases" in text.replace("miss different targets in", "differ in")
+    both = pages.same_schedule_markdown([dict(rec, history=h, cpu="Intel Xeon")], {"mnist dk": stored})
+    assert "trained on Intel Xeon (18.0 min): every target met." in both and "did not depend" in both
+    other_milestones = dict(rec, lr_milestones=[100, 180])
+    assert pages.same_schedule_rows([other_milestones], {"mnist dk": stored}) == []
+    assert pages.same_schedule_markdown([rec], {}) == ""

@@ -51,3 +51,24 @@ def test_compare_results_refuses_a_missing_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         C.main([str(tmp_path), str(tmp_path / "nosuch")])
     assert exc.value.code == 2 and "nosuch is not a folder of results" in capsys.readouterr().err
+
+
+def test_targets_report_frontier_table_pairs_records_with_stored_runs(tmp_path, capsys, monkeypatch):
+    T = _tool("targets_report")
+    hist = lambda last_acc: dict(epoch=[1, 100, 300, 375], train_acc=[0.5, 1.0, last_acc, 1.0],  # noqa: E731
+                                 nc1=[1.0, 0.1, 0.01, 0.005], nc2=[0.5, 0.2, 0.1, 0.1], nc3=[0.5, 0.2, 0.1, 0.1],
+                                 nc4=[1.0, 2.0, 0.5, 0.4])
+    stored = dict(config=dict(name="fig7-mnist-resnet18-dk", profile="cpu", dataset="mnist", epochs=375,
+                              lr_milestones=[175, 300]), history=hist(1.0))
+    (tmp_path / "fig7-mnist-resnet18-dk").write_text(json.dumps(stored))
+    monkeypatch.setattr(T.E, "results_path", lambda cfg, d: pathlib.Path(d) / cfg.name)
+    monkeypatch.setattr(T.E, "load_results_file", lambda p: json.loads(pathlib.Path(p).read_text()))
+    same = dict(name="fig7-mnist-resnet18-dk", factor=2.5, epochs=375, lr_milestones=[175, 300], wall_s=1800.0,
+                history=hist(0.9996))  # one image wrong at epoch 300, in the last quarter
+    shorter = dict(same, factor=1.5, epochs=225, lr_milestones=[105, 180])  # less than the stored run: not shown
+    no_run = dict(same, name="fig6-cifar10-eq4")  # no stored result for it
+    (tmp_path / "frontier.jsonl").write_text("\n".join(json.dumps(r) for r in (same, shorter, no_run)) + "\n")
+    T.frontier_table(str(tmp_path))
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert rows == ["| fig7-mnist-resnet18-dk | the same: 375 epochs, steps at 175, 300 | 30.0 min | 0.005 | 0.1 | "
+                    "0.1 | 99.96% | none | train acc = 100% (last quarter) |"]
