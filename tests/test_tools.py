@@ -72,3 +72,38 @@ def test_targets_report_frontier_table_pairs_records_with_stored_runs(tmp_path, 
     rows = capsys.readouterr().out.splitlines()[2:]
     assert rows == ["| fig7-mnist-resnet18-dk | the same: 375 epochs, steps at 175, 300 | 30.0 min | 0.005 | 0.1 | "
                     "0.1 | 99.96% | none | train acc = 100% (last quarter) |"]
+
+
+def test_frontier_from_results_records_only_stretched_runs(tmp_path, monkeypatch):
+    F = _tool("frontier")
+    cfg = F.stretched("fig7-mnist-resnet18-dk", 2.0)  # epochs and both milestones doubled
+    base = F.configs.get_config("fig7-mnist-resnet18-dk", "cpu")
+    assert (cfg.epochs, cfg.lr_milestones) == (2 * base.epochs, tuple(2 * m for m in base.lr_milestones))
+    hist = dict(epoch=[1, cfg.epochs], train_acc=[0.5, 1.0], nc1=[1.0, 0.001], nc2=[0.5, 0.1], nc3=[0.5, 0.1],
+                nc4=[1.0, 0.4], test_acc=[0.4, 0.9], test_nc1=[2.0, 0.5], train_loss=[2.0, 0.01])
+    prov = dict(git_commit="abc", cpu_model="Some CPU", wall_time_s=600.0, cpu_threads=1)
+    cfgd = dict(name="fig7-mnist-resnet18-dk", profile="cpu", dataset="mnist", epochs=cfg.epochs)
+    files = {"fig7-mnist-resnet18-dk__cpu__a.json": dict(config=cfgd, config_hash=F.configs.config_hash(cfg),
+                                                          history=hist, provenance=prov),
+             "fig7-mnist-resnet18-etf__cpu__b.json": dict(config=dict(cfgd, name="fig7-mnist-resnet18-etf"),
+                                                           config_hash="not-stretched", history=hist, provenance=prov),
+             "fig3-mnist-lbfgs__cpu__c.json": dict(config=dict(cfgd, name="fig3-mnist-lbfgs"), config_hash="x",
+                                                   history=hist, provenance=prov),
+             "fig7-mnist-resnet18-learned__cpu__d.json": dict(config=dict(cfgd, name="fig7-mnist-resnet18-learned"),
+                                                               config_hash="y", history=hist,
+                                                               provenance=dict(prov, copied_from="fig3-mnist-sgd"))}
+    for name, res in files.items():
+        (tmp_path / name).write_text(json.dumps(res))
+    monkeypatch.setattr(F.experiments, "load_results_file", lambda p: json.loads(pathlib.Path(p).read_text()))
+    recs = F.from_results(tmp_path, 2.0)
+    assert [r["name"] for r in recs] == ["fig7-mnist-resnet18-dk"]
+    r = recs[0]
+    assert (r["epochs"], r["lr_milestones"], r["wall_s"], r["threads"], r["cpu"], r["commit"]) == \
+        (cfg.epochs, list(cfg.lr_milestones), 600.0, 1, "Some CPU", "abc")
+    assert "train_loss" not in r["history"] and r["history"]["test_nc1"] == [2.0, 0.5]
+    assert [c["target"] for c in r["checks"] if not c["met"]] == []  # NC1 0.001 <= 1e-2, 1000x below epoch 1
+    out = tmp_path / "f.jsonl"
+    F.main(["--from-results", str(tmp_path), "--factor", "2.0", "--out", str(out)])
+    assert [json.loads(line)["name"] for line in out.read_text().splitlines()] == ["fig7-mnist-resnet18-dk"]
+    with pytest.raises(SystemExit):
+        F.main(["--from-results", str(tmp_path), "--factor", "3.0", "--out", str(out)])  # none stretched 3x

@@ -11,6 +11,10 @@ Training-set targets only decide; the test metrics are recorded as every run rec
 Usage::
 
     python tools/frontier.py [--factor 1.5] NAME [NAME ...]
+    python tools/frontier.py --from-results DIR --factor 2.5   # records of runs already trained into DIR
+
+``--from-results`` records the ``cpu`` results files in DIR whose configuration is the stretched one
+(e.g. a whole profile regenerated with a longer schedule into a scratch folder), instead of training.
 
 Each run appends one JSON line to ``book/results/frontier.jsonl``: the name, factor, epochs,
 milestones, wall time, threads, the CPU model, the logged history (epoch, train accuracy, NC1-NC4 train, test
@@ -36,14 +40,58 @@ def stretched(name: str, factor: float) -> configs.ExperimentConfig:
                        lr_milestones=tuple(round(m * factor) for m in cfg.lr_milestones))
 
 
+def record(name: str, factor: float, cfg: configs.ExperimentConfig, res: dict, wall_s: float, n_threads) -> dict:
+    """One line of ``frontier.jsonl``: the stretched run ``res`` of ``name``."""
+    h = res["history"]
+    return dict(name=name, factor=factor, epochs=cfg.epochs, lr_milestones=list(cfg.lr_milestones),
+                wall_s=wall_s, threads=n_threads, commit=res["provenance"].get("git_commit"),
+                cpu=res["provenance"].get("cpu_model"),
+                history={k: h[k] for k in KEEP if k in h}, checks=pages.terminal_phase_checks(res))
+
+
+def from_results(folder: pathlib.Path, factor: float) -> list:
+    """Records of the results files in ``folder`` that trained a ``cpu`` configuration stretched by
+    ``factor`` (other files are passed over); the wall time and threads are those the files record."""
+    out = []
+    for path in sorted(folder.glob("*__cpu__*.json")):
+        res = experiments.load_results_file(path)
+        name = res["config"]["name"]
+        if res["provenance"].get("copied_from"):
+            continue  # a copy of another run's result, recorded under that run's name
+        try:
+            cfg = stretched(name, factor)
+        except ValueError:
+            continue  # no milestones (L-BFGS): nothing was stretched
+        if configs.config_hash(cfg) == res.get("config_hash"):
+            out.append(record(name, factor, cfg, res, res["provenance"]["wall_time_s"],
+                              res["provenance"].get("cpu_threads")))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("names", nargs="+")
+    ap.add_argument("names", nargs="*")
+    ap.add_argument("--from-results", type=pathlib.Path, default=None,
+                    help="record the stretched runs already trained into this folder instead of training")
     ap.add_argument("--factor", type=float, default=1.5)
     ap.add_argument("--out", type=pathlib.Path, default=OUT)
     args = ap.parse_args(argv)
     if not args.factor > 0:
         ap.error(f"--factor must be > 0, got {args.factor}")
+    if args.from_results is not None:
+        if args.names:
+            ap.error("give names or --from-results, not both")
+        recs = from_results(args.from_results, args.factor)
+        if not recs:
+            ap.error(f"no cpu results stretched {args.factor}x in {args.from_results}")
+        with open(args.out, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in recs)
+        for r in recs:
+            missed = [c["target"] for c in r["checks"] if not c["met"]]
+            print(r["name"], "all met" if not missed else f"missed: {missed}")
+        return
+    if not args.names:
+        ap.error("give at least one NAME (or --from-results DIR)")
     try:  # every name checked before the first run trains
         cfgs = {name: stretched(name, args.factor) for name in args.names}
     except ValueError as exc:
@@ -52,11 +100,7 @@ def main(argv=None):
     for name, cfg in cfgs.items():
         t0 = time.time()
         res = experiments.run_experiment(cfg, progress=True)  # a bar per run (stderr)
-        h = res["history"]
-        rec = dict(name=name, factor=args.factor, epochs=cfg.epochs, lr_milestones=list(cfg.lr_milestones),
-                   wall_s=time.time() - t0, threads=n_threads, commit=res["provenance"].get("git_commit"),
-                   cpu=res["provenance"].get("cpu_model"),
-                   history={k: h[k] for k in KEEP if k in h}, checks=pages.terminal_phase_checks(res))
+        rec = record(name, args.factor, cfg, res, time.time() - t0, n_threads)
         with open(args.out, "a") as f:
             f.write(json.dumps(rec) + "\n")
         missed = [c["target"] for c in rec["checks"] if not c["met"]]
