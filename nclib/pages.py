@@ -849,7 +849,7 @@ def same_schedule_markdown(records: list, runs: dict) -> str:
             + f"\n\nThe two trainings miss different targets in {differ} of {len(rows)} cases: "
             + ("where they differ, the same recipe met a target in one training and missed it in the other, so "
                "that target sits at the edge of what this recipe reaches." if differ else
-               "here the outcome did not depend on where the run was trained."))
+               "in these cases both trainings miss the same targets."))
 
 
 def frontier_on_stored_schedule(records: list, results_dir) -> list:
