@@ -79,6 +79,7 @@ __all__ = [
     "frontier_on_stored_schedule",
     "same_schedule_rows",
     "same_schedule_markdown",
+    "profile_core_hours",
     "unfitted_rows",
     "unfitted_markdown",
     "optimizer_steps",
@@ -812,6 +813,11 @@ def frontier_markdown(records: list, runs: dict) -> str:
             + "\n".join(lines))
 
 
+def _on_schedule(rec: dict, epochs: int, milestones) -> bool:
+    """Whether a record of ``tools/frontier.py`` trained ``epochs`` epochs with these milestones."""
+    return (rec["epochs"], list(rec["lr_milestones"])) == (epochs, list(milestones or ()))
+
+
 def same_schedule_rows(records: list, runs: dict) -> list:
     """The records of ``tools/frontier.py`` whose run is in ``runs`` (label -> stored ``cpu``
     results) and that trained exactly the stored run's schedule (epochs and milestones): the same
@@ -823,8 +829,7 @@ def same_schedule_rows(records: list, runs: dict) -> list:
         if rec["name"] not in by_name:
             continue
         label, res = by_name[rec["name"]]
-        c = res["config"]
-        if (rec["epochs"], list(rec["lr_milestones"])) == (c["epochs"], list(c.get("lr_milestones") or ())):
+        if _on_schedule(rec, res["config"]["epochs"], res["config"].get("lr_milestones")):
             rows.append((label, rec, [x["target"] for x in terminal_phase_checks(res) if not x["met"]],
                          [x["target"] for x in frontier_checks(rec) if not x["met"]]))
     return rows
@@ -861,9 +866,24 @@ def frontier_on_stored_schedule(records: list, results_dir) -> list:
     for rec in records:
         cfg = C.get_config(rec["name"], "cpu")
         path = E.results_path(cfg, results_dir)
-        if (rec["epochs"], list(rec["lr_milestones"])) == (cfg.epochs, list(cfg.lr_milestones or ())) and path.exists():
+        if _on_schedule(rec, cfg.epochs, cfg.lr_milestones) and path.exists():
             out.append((rec, E.load_results_file(path)))
     return out
+
+
+def profile_core_hours(results_dir, profile: str = "cpu") -> tuple:
+    """``(hours, n)``: the wall times of the stored results of ``profile`` in ``results_dir`` added up,
+    in hours, over the ``n`` trainings (a result copied from another run, ``provenance.copied_from``,
+    trained nothing and is not counted).  With one thread per run, as the ``cpu`` profile trains, this
+    is the profile's cost in core-hours (the budget of the issue behind that profile: about 4)."""
+    total, n = 0.0, 0
+    for name in C.list_configs(profile=_check_profile(profile, E.PROFILES)):
+        path = E.results_path(C.get_config(name, profile), results_dir)
+        if path.exists():
+            prov = E.load_results_file(path)["provenance"]
+            if not prov.get("copied_from"):
+                total, n = total + prov["wall_time_s"], n + 1
+    return total / 3600, n
 
 
 def unfitted_rows(records: list, runs: dict) -> list:

@@ -1,6 +1,7 @@
 """Tests of nclib.pages: the terminal-phase targets, the tables and the computed summaries."""
 from __future__ import annotations
 
+import json
 import math
 import pathlib
 
@@ -273,3 +274,18 @@ def test_same_schedule_rows_and_markdown_hand_made():
     other_milestones = dict(rec, lr_milestones=[100, 180])
     assert pages.same_schedule_rows([other_milestones], {"mnist dk": stored}) == []
     assert pages.same_schedule_markdown([rec], {}) == ""
+
+
+def test_profile_core_hours_counts_trainings_not_copies(tmp_path, monkeypatch):
+    # hand-made: three stored cpu results, one a copy (trained nothing): 1800 s + 5400 s = 2 h, n = 2
+    names = ["fig3-mnist-sgd", "fig3-mnist-adam", "fig6-mnist-all"]
+    prov = {names[0]: dict(wall_time_s=1800.0), names[1]: dict(wall_time_s=5400.0),
+            names[2]: dict(wall_time_s=1800.0, copied_from="fig3-mnist-sgd__cpu__x.json")}
+    for n in names:
+        (tmp_path / n).write_text(json.dumps(dict(provenance=prov[n])))
+    monkeypatch.setattr(pages.E, "results_path", lambda cfg, d: pathlib.Path(d) / cfg.name)
+    monkeypatch.setattr(pages.E, "load_results_file", lambda p: json.loads(pathlib.Path(p).read_text()))
+    assert pages.profile_core_hours(tmp_path, "cpu") == (2.0, 2)
+    assert pages.profile_core_hours(tmp_path / "empty", "cpu") == (0.0, 0)
+    with pytest.raises(ValueError, match="unknown profile 'auto'"):
+        pages.profile_core_hours(tmp_path, "auto")
