@@ -28,7 +28,9 @@ float64 copy):
    ``Z = t [Q | W^T]`` with ``Q`` (d x q, q <= K-1) an
    orthonormal basis of ``D`` (the ``W^T`` columns for :func:`nc_metrics` and the
    accumulator: the logits less a per-class constant).  Then, in float64: the within-class
-   scatter of ``Z`` is ``Q^T (N Sigma_W) Q`` whatever ``mu~`` is; the class means of ``Z``
+   scatter of ``Z`` is ``Q^T (N Sigma_W) Q`` whatever ``mu~`` is (summed as squares about the
+   mean of each block of at most 8,192 samples of one class, plus the block means about the
+   class mean: no cancellation, and exactly 0 when every sample equals its class mean); the class means of ``Z``
    turn ``mu~`` into the exact class means in the coordinates the metrics need (``Q`` for
    Sigma_B and Papyan's extras, ``W`` for NC3 and NC4); and
    ``NC1 = tr((Q^T Sigma_W Q)(Q^T Sigma_B Q)^+) / K``.
@@ -64,6 +66,18 @@ the tiny direction divided by ``2 s^2``), this module 5.0e-3 (that direction tre
 absent).  We keep the cutoff on purpose: a between-class direction that small is below the
 float32 resolution of the features that produced the means, and with it NC1 would measure
 rounding, not collapse.  ``tests/test_metrics.py`` checks both sides of the edge.
+
+Coinciding class means.  When the class means agree to within ``1e-10`` of their size
+(``_MEAN_RTOL``; exactly equal means included) Sigma_B is zero or rounding, and NC1 and NC3 are
+undefined: :class:`ClassMeansCoincide` (a ValueError) is raised.  This is what a network whose
+features carry no class information gives, e.g. a ResNet that L-BFGS under weight decay 1e-1 drove
+to features that no longer differ between classes (after step 2: one vector for every image;
+``tools/recipe_search.py``): in float32 its pass-1
+means differ by rounding (3e-6 relative), the exact means of pass 2 by 2e-13 and 1.2e-12 of their
+size (two such cases), and without the check NC1 came out as -6.8e-4.  The cutoff 1e-10 is a
+thousandth of the float32 resolution of one feature (1.2e-7) and 80 times the larger of those two;
+the float32 products of pass 2 bound that rounding by about 4e-12.  In training this stops the run
+as diverged (:func:`nclib.train.train`).
 
 Why the authors' float32 NC1 has a floor (checked in ``benchmarks/bench_metrics.py``, noise
 sweep): their ``validate_NC.py`` adds the features of a class into its mean one sample at a
@@ -104,15 +118,32 @@ __all__ = [
     "class_means",
     "NCMetrics",
     "NCAccumulator",
+    "ClassMeansCoincide",
 ]
 
 _CONVENTIONS = ("zhu", "papyan")
 _EIG_RTOL = 1e-12  # eigenvalues of Sigma_B below rtol * max are treated as zero (see module doc)
+_MEAN_RTOL = 1e-10  # class means whose spread is below this of their size coincide (module doc)
 _SPAN_RTOL = 1e-15  # basis Q of the class-mean span keeps directions above this (a superset)
 _CHUNK = 1024  # rows per chunk (2 MiB of float32 at d = 512; 5% faster than 512 rows, measured)
 _POST_BLOCK = 8192  # samples per block of pass 2's float64 post-processing (one class per block)
 _SAFE = 2.0 ** 60  # pass 2 runs on unscaled features when the means' scale is in [1/_SAFE, _SAFE]
 _MAX_LABEL = 2 ** 53
+
+
+class ClassMeansCoincide(ValueError):
+    """The class means coincide (exactly, or to rounding: their spread is below ``1e-10`` of
+    their size), so Sigma_B = 0 and NC1 and NC3 are undefined (module docstring)."""
+
+
+def _check_spread(C: torch.Tensor, size: float) -> None:
+    """Raise :class:`ClassMeansCoincide` unless the centred class means ``C`` spread beyond
+    ``_MEAN_RTOL`` times ``size`` (the largest magnitude of the class means)."""
+    spread = _amax(C)
+    if spread == 0 or spread <= _MEAN_RTOL * size:
+        rel = f"{spread / size:.1e} of their size" if size else "zero"
+        raise ClassMeansCoincide(f"the class means coincide (their spread is {rel}, at most {_MEAN_RTOL:g}): "
+                                 "Sigma_B = 0 and NC1, NC3 are undefined")
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -362,7 +393,7 @@ def _span_basis(C: torch.Tensor) -> torch.Tensor:
     """Orthonormal basis Q (d x q) of the row span of C (K x d, centred means), q <= K-1."""
     a = _amax(C)
     if a == 0:
-        raise ValueError("the class means coincide (Sigma_B = 0): NC1 is undefined")
+        _check_spread(C, 0.0)
     Cn = C / a
     lam, V = torch.linalg.eigh(Cn @ Cn.T)
     keep = lam > _SPAN_RTOL * lam[-1]
@@ -376,7 +407,7 @@ def _nc1_value(SWq: torch.Tensor, CQ: torch.Tensor, K: int, rank: int) -> float:
     at least ``_EIG_RTOL`` times the largest (the cutoff discussed in the module docstring)."""
     a = _amax(CQ)
     if a == 0:
-        raise ValueError("the class means coincide (Sigma_B = 0): NC1 is undefined")
+        _check_spread(CQ, 0.0)
     f = _pow2(a)
     lam, V = torch.linalg.eigh((CQ * f).T @ (CQ * f) / K)
     lam, V = lam.flip(0)[:rank], V.flip(1)[:, :rank]
@@ -464,14 +495,22 @@ def _residual_pass(src: _Source, K, means, Q, Wn=None, bn=None, want_ncc=False, 
     correct = torch.zeros((), dtype=torch.long, device=dev)
     agree = torch.zeros((), dtype=torch.long, device=dev)
     zbuf = torch.empty(p, min(_POST_BLOCK, N), dtype=torch.float64, device=dev)
+    cbuf = torch.empty(q, min(_POST_BLOCK, N), dtype=torch.float64, device=dev)
     start = 0
     for k, end in enumerate(ends):
+        blocks = []  # (size, mean) of each block of class k, for the between-block term below
         for s in range(start, end, _POST_BLOCK):  # float64 blocks of one class that stay in cache
             e = min(end, s + _POST_BLOCK)
             z = zbuf[:, :e - s]
             z.copy_(Zt[:p, s:e])
-            zsum[k] += z.sum(1)
-            G.addmm_(z[:q], z[:q].T)
+            zs = z.sum(1)
+            zsum[k] += zs
+            # the scatter about the block's own mean: a sum of squares (no cancellation; exactly
+            # zero for samples equal to their class mean)
+            zb = zs[:q] / (e - s)
+            c = torch.sub(z[:q], zb[:, None], out=cbuf[:, :e - s])
+            G.addmm_(c, c.T)
+            blocks.append((e - s, zb))
             top = None
             if use_pred:
                 net = nets[s:e]
@@ -482,13 +521,16 @@ def _residual_pass(src: _Source, K, means, Q, Wn=None, bn=None, want_ncc=False, 
                 near = _first_best(torch.addmm(D2[k][:, None], E2.T, z[:q], alpha=-1.0), largest=False)
                 agree += (top & near).count_nonzero() if top is not None else \
                     near.gather(0, net[None]).count_nonzero()
+        if len(blocks) > 1:  # + sum_b n_b (zbar_b - zbar_k)(...)^T: the blocks' means about the class mean
+            B = torch.stack([zb for _, zb in blocks], 1) - (zsum[k, :q] / (end - start))[:, None]
+            n_b = torch.tensor([n for n, _ in blocks], dtype=torch.float64, device=dev)
+            G.addmm_(B * n_b, B.T)
         start = end
     # a float32 product that overflowed shows in these float64 sums (H itself was checked by pass 1)
     if wd == torch.float32 and not bool(torch.isfinite(zsum).all()):  # redo in float64
         return _residual_pass(src, K, means, Q, Wn, bn, want_ncc, force64=True, counts=counts)
     correct, mismatch = int(correct), (N - int(agree) if want_ncc else 0)
-    SW = G - (zsum[:, :q] / counts[:, None]).T @ zsum[:, :q]
-    return m64, SW, zsum, correct, mismatch
+    return m64, G, zsum, correct, mismatch
 
 
 def _refine_means(src: _Source, K, means, counts):
@@ -554,6 +596,7 @@ def _stats(src: _Source, K: int, *, W=None, b=None, want_ncc=False, name="H", su
     m64, SW, zsum, correct, mismatch = _residual_pass(src, K, means, Q, Wn, bn, want_ncc, counts=counts)
     N, q = src.N, Q.shape[1]
     MQ = m64 @ Q + zsum[:, :q] / counts[:, None]  # exact class means, Q coordinates
+    _check_spread(MQ - MQ.mean(0), _amax(m64))  # class means equal to rounding: NC1, NC3 undefined
     st = _Stats(_nc1s(SW / N, MQ, counts, K, min(K - 1, src.d)), MQ - MQ.mean(0))
     if W is not None:
         MW = m64 @ Wn.T + zsum[:, q:] / counts[:, None]  # row k: Wn mu_k (exact, scaled)
@@ -638,6 +681,7 @@ def nc3(W, H, y) -> float:
     """Self-duality, eq. (9): ||W Hbar/||W Hbar||_F - ETF||_F with Hbar the centred class means."""
     src, K, Wt = _prepare(H, y, W=W)
     counts, means = _exact_means(src, K)
+    _check_spread(means - means.mean(0), _amax(means))
     C = means - _global_mean(means, counts, "zhu")
     return _etf_distance((Wt * _pow2(_amax(Wt))) @ (C * _pow2(_amax(C))).T)
 
@@ -785,6 +829,7 @@ class _Streaming:
         dm = means - self.shift
         # N Sigma_W = sum_i (h_i - s_y)(h_i - s_y)^T - sum_k n_k (mu_k - s_k)(mu_k - s_k)^T
         SW = self.scatter - (dm * self.counts[:, None]).T @ dm
+        _check_spread(means - means.mean(0), _amax(means))
         Q = _span_basis(means - means.mean(0))
         SWq = Q.T @ SW @ Q / N
         nc1s = _nc1s(SWq, means @ Q, self.counts, self.K, min(self.K - 1, self.d))

@@ -645,3 +645,70 @@ def test_bfloat16_and_float16_features_are_accepted():
         assert metrics.nc1(Hl, y) == pytest.approx(metrics.nc1(Hl.double(), y), rel=1e-6)
         m = metrics.nc_metrics(W, b, Hl, y)
         assert m.nc1 == pytest.approx(metrics.nc1(Hl.double(), y), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- coinciding class means
+def test_features_of_a_dead_network_raise_class_means_coincide():
+    # every sample the same float32 vector (a network that lost all class information), classes
+    # interleaved across chunks as in a training subset of 500 per class: the exact class means are
+    # equal, so NC1 and NC3 are undefined; before the check NC1 came out as a small negative number
+    rng = np.random.default_rng(0)
+    K, n, d = 10, 500, 128
+    h = (rng.random(d) * 3e-7).astype(np.float32)
+    H = np.tile(h, (K * n, 1))
+    y = np.repeat(np.arange(K), n)
+    assert np.unique(H, axis=0).shape[0] == 1  # independent check: one distinct feature vector
+    W, b = rng.standard_normal((K, d)), rng.standard_normal(K)
+    for call in (lambda: metrics.nc1(H, y), lambda: metrics.nc_metrics(W, b, H, y), lambda: metrics.nc3(W, H, y)):
+        with pytest.raises(metrics.ClassMeansCoincide, match="coincide"):
+            call()
+    for budget in (2 ** 30, 0):  # in memory, then streamed (d x d scatter)
+        acc = metrics.NCAccumulator(K, max_buffer_bytes=budget)
+        for i in range(0, K * n, 1024):
+            acc.update(H[i:i + 1024], y[i:i + 1024])
+        with pytest.raises(ValueError, match="coincide"):  # ClassMeansCoincide is a ValueError
+            acc.compute(W, b)
+
+
+@pytest.mark.parametrize("rel,defined", [(1e-11, False), (1e-8, True)])
+def test_class_means_spread_threshold_both_sides(rel, defined):
+    # float64 features at size ~5 whose class means differ by `rel` of that size: below 1e-10 they
+    # count as coinciding; above, NC1 is the brute-force value on the features less their common offset
+    rng = np.random.default_rng(1)
+    K, n, d = 3, 40, 6
+    base = 5.0 + rng.random(d)
+    y = np.repeat(np.arange(K), n)
+    small = 5.0 * rel * (rng.standard_normal((K, d))[y] + 0.3 * rng.standard_normal((K * n, d)))
+    H = base + small
+    if not defined:
+        with pytest.raises(metrics.ClassMeansCoincide):
+            metrics.nc1(H, y)
+        return
+    ref = brute_force(np.eye(K, d), np.zeros(K), H - base, y, K)[0]  # exact offset removal (Sterbenz)
+    assert metrics.nc1(H, y) == pytest.approx(ref, rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [500, 9000])  # 9,000 per class: blocks of 8,192 and a between-block term
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_features_at_their_class_means_give_nc1_zero_never_negative(n, dtype):
+    rng = np.random.default_rng(2)
+    K, d = 3, 16
+    M = (5 + 3 * rng.standard_normal((K, d))).astype(dtype)
+    y = np.repeat(np.arange(K), n)
+    for order in (np.arange(K * n), rng.permutation(K * n)):
+        v = metrics.nc1(M[y[order]], y[order])
+        if dtype == np.float32:
+            assert v == 0.0  # the scatter is a sum of squares of exact zeros
+        else:
+            assert 0.0 <= v < 1e-40  # float64 pass-1 means carry rounding: squares of ~1e-16 residuals
+
+
+def test_classes_of_several_blocks_match_brute_force():
+    # 9,000 samples per class in float32 (two post-processing blocks per class): the between-block term
+    rng = np.random.default_rng(3)
+    K, n, d = 3, 9000, 8
+    M = 4 + rng.standard_normal((K, d))
+    y = np.repeat(np.arange(K), n)
+    H = (M[y] + 1e-3 * rng.standard_normal((K * n, d))).astype(np.float32)
+    ref = brute_force(np.eye(K, d), np.zeros(K), H, y, K)[0]
+    assert metrics.nc1(H, y) == pytest.approx(ref, rel=1e-6)

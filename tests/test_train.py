@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import nclib.train as T
-from nclib.metrics import nc_metrics
+from nclib.metrics import ClassMeansCoincide, nc_metrics
 
 TIMING_KEYS = ("seconds", "train_seconds", "wall_time")
 
@@ -468,3 +468,18 @@ def test_flush_denormal_while_training_only():
         assert float(tiny * 1.0) != 0.0  # restored
     with pytest.raises(ValueError, match="flush_denormal must be True or False, got 'yes'"):
         T.train(make(), (X, y), epochs=1, lr=0.1, batch_size=10, flush_denormal="yes", **KW)
+
+
+def test_a_dead_network_stops_as_diverged_naming_the_coinciding_class_means():
+    # every input mapped to one feature vector (the L-BFGS trial at weight decay 1e-1 ended so): the class
+    # means coincide, NC1 is undefined (before, float32 rounding gave NC1 = -6.8e-4); the run stops
+    X, y = blobs(K=3, n=10)
+    model = make(bn=False)
+    with torch.no_grad():
+        model.body[1].weight.zero_()
+        model.body[1].bias.copy_(torch.arange(1.0, 9.0))  # features (1, ..., 8) for every input
+    with pytest.raises(ClassMeansCoincide, match="coincide"):
+        T.evaluate(model, X, y, num_classes=3)
+    with pytest.raises(T.TrainingDiverged, match="coincide") as info:
+        T.train(model, (X, y), epochs=2, batch_size=10, lr=1e-12, **KW)
+    assert info.value.epoch == 1

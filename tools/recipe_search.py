@@ -9,7 +9,9 @@ Usage::
 ``LR_STEP`` is one epoch (lr x 0.1 every LR_STEP epochs), ``0`` (no schedule) or a comma-separated
 list of milestones (lr x 0.1 at each, e.g. ``70,120``: the cpu profile's form).
 
-Each trial appends one JSON line to ``book/results/recipe_search.jsonl``.
+Each trial appends one JSON line to ``book/results/recipe_search.jsonl``; a trial that stops as diverged
+(:class:`nclib.train.TrainingDiverged`) is recorded with what it logged before and ``diverged``
+(the epoch and the reason).
 """
 import json
 import pathlib
@@ -19,7 +21,7 @@ import time
 import torch
 
 torch.set_num_threads(1)
-from nclib import data as D, models as M, train as T  # noqa: E402
+from nclib import data as D, experiments as E, models as M, train as T  # noqa: E402
 
 
 def main(argv):
@@ -33,16 +35,25 @@ def main(argv):
     torch.manual_seed(0)
     model = M.build("resnet18", 10, width=0.25)
     t0 = time.time()
-    h = T.train(model, (X, y), None, num_classes=10, optimizer=opt, epochs=epochs, lr=lr, batch_size=batch,
-                lr_step=None if step == 0 else step, lr_milestones=milestones, weight_decay=wd, log_epochs="log", progress=False)
+    diverged = None
+    try:
+        h = T.train(model, (X, y), None, num_classes=10, optimizer=opt, epochs=epochs, lr=lr, batch_size=batch,
+                    lr_step=None if step == 0 else step, lr_milestones=milestones, weight_decay=wd, log_epochs="log",
+                    progress=False)
+    except T.TrainingDiverged as exc:  # recorded too: what was logged before, and why it stopped
+        h, diverged = exc.history, dict(epoch=exc.epoch, reason=exc.reason)
     rec = dict(name=name, dataset=ds, n_per_class=npc, batch_size=batch, weight_decay=wd, lr_step=step,
                lr_milestones=milestones,
                epochs=epochs, optimizer=opt, lr=lr, wall_s=time.time() - t0, threads=torch.get_num_threads(),
-               epoch=h["epoch"], train_acc=h["train_acc"], nc1=h["nc1"], nc2=h["nc2"], nc3=h["nc3"], nc4=h["nc4"])
+               cpu_model=E._cpu_model(),
+               **{k: h.get(k, []) for k in ("epoch", "train_acc", "nc1", "nc2", "nc3", "nc4")})
+    if diverged:
+        rec["diverged"] = diverged
     out = pathlib.Path(__file__).resolve().parents[1] / "book" / "results" / "recipe_search.jsonl"
     with open(out, "a") as f:
         f.write(json.dumps(rec) + "\n")
-    print(name, {k: rec[k][-1] for k in ("train_acc", "nc1", "nc2", "nc3", "nc4")}, f"{rec['wall_s']:.0f}s")
+    last = {k: rec[k][-1] for k in ("train_acc", "nc1", "nc2", "nc3", "nc4") if rec[k]}
+    print(name, last, f"{rec['wall_s']:.0f}s", f"diverged: {diverged}" if diverged else "")
 
 
 if __name__ == "__main__":
