@@ -847,14 +847,17 @@ def same_schedule_markdown(records: list, runs: dict) -> str:
         lines.append(f"- {label}: stored run: {', '.join(stored) if stored else 'every target met'}; "
                      f"trained {where} ({rec['wall_s'] / 60:.1f} min): {', '.join(other) if other else 'every target met'}.")
     differ = sum(a != b for _, _, a, b in rows)
+    if differ:
+        verdict = (f"The two trainings miss different targets in {differ} of {len(rows)} cases: where they differ, "
+                   "the same recipe met a target in one training and missed it in the other, so that target sits "
+                   "at the edge of what this recipe reaches.")
+    else:
+        verdict = f"In all {len(rows)} cases the two trainings meet and miss the same targets." if len(rows) > 1 \
+            else "The two trainings meet and miss the same targets."
     return ("The same configurations on the same schedule were also trained before this recipe was chosen "
             "(`tools/frontier.py`, `results/frontier.jsonl`; one thread; a record that names no CPU was made on an "
             "earlier session's machine, without `flush_denormal`). Targets missed, the stored run against that "
-            "record:\n\n" + "\n".join(lines)
-            + f"\n\nThe two trainings miss different targets in {differ} of {len(rows)} cases: "
-            + ("where they differ, the same recipe met a target in one training and missed it in the other, so "
-               "that target sits at the edge of what this recipe reaches." if differ else
-               "in these cases both trainings miss the same targets."))
+            "record:\n\n" + "\n".join(lines) + "\n\n" + verdict)
 
 
 def frontier_on_stored_schedule(records: list, results_dir) -> list:

@@ -270,7 +270,11 @@ def test_same_schedule_rows_and_markdown_hand_made():
             "train acc = 100% (last quarter).") in text
     assert "differ in 1 of 1 cases" in text.replace("miss different targets in", "differ in")
     both = pages.same_schedule_markdown([dict(rec, history=h, cpu="Intel Xeon")], {"mnist dk": stored})
-    assert "trained on Intel Xeon (18.0 min): every target met." in both and "both trainings miss the same targets" in both
+    assert "trained on Intel Xeon (18.0 min): every target met." in both
+    assert both.endswith("\n\nThe two trainings meet and miss the same targets.")
+    two = pages.same_schedule_markdown([dict(rec, history=h), dict(rec, history=h, cpu="Intel Xeon")],
+                                       {"mnist dk": stored})
+    assert two.endswith("\n\nIn all 2 cases the two trainings meet and miss the same targets.")
     other_milestones = dict(rec, lr_milestones=[100, 180])
     assert pages.same_schedule_rows([other_milestones], {"mnist dk": stored}) == []
     assert pages.same_schedule_markdown([rec], {}) == ""
