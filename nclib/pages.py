@@ -925,9 +925,10 @@ def unfitted_markdown(records: list, runs: dict, class_names=None) -> str:
     if all(after for *_, after in rows):
         fixed = max(len(b - a) for *_, b, a in rows)
         fixed = "not one image fixed" if fixed == 0 else f"at most {fixed} image{'' if fixed == 1 else 's'} of a run fixed"
-        verdict = (f"No run reaches 100% with re-estimated statistics ({fixed}): the "
-                   "running statistics are not what keeps these runs from the target; the network has not fitted "
-                   "these images.")
+        who = "No run reaches" if len(rows) > 1 else "The run does not reach"
+        verdict = (f"{who} 100% with re-estimated statistics ({fixed}): the "
+                   "running statistics are not what keeps " + ("these runs" if len(rows) > 1 else "it")
+                   + " from the target; the network has not fitted the images that stay wrong.")
     else:
         fitted = [label for label, *_, after in rows if not after]
         verdict = (f"With re-estimated statistics, {' and '.join(fitted)} classif{'ies' if len(fitted) == 1 else 'y'} "

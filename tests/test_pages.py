@@ -180,6 +180,9 @@ def test_unfitted_rows_and_markdown_hand_made():
     assert lines[2].startswith("No run reaches 100% with re-estimated statistics (at most 1 image of a run fixed)")
     none = pages.unfitted_markdown([same], runs)
     assert "(not one image fixed)" in none and "#12 (2 taken for 3, margin 0.50)" in none
+    assert none.endswith("The run does not reach 100% with re-estimated statistics (not one image fixed): the running "
+                         "statistics are not what keeps it from the target; the network has not fitted the images "
+                         "that stay wrong.")
     fixed = _unfitted_record("fig6-cifar10-eq4", [3], [])
     text = pages.unfitted_markdown([same, fixed], runs)  # label numbers without names
     assert "#3 (3 taken for 4, margin 0.50)" in text
