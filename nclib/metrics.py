@@ -67,17 +67,19 @@ absent).  We keep the cutoff on purpose: a between-class direction that small is
 float32 resolution of the features that produced the means, and with it NC1 would measure
 rounding, not collapse.  ``tests/test_metrics.py`` checks both sides of the edge.
 
-Coinciding class means.  When the class means agree to within ``1e-10`` of their size
-(``_MEAN_RTOL``; exactly equal means included) Sigma_B is zero or rounding, and NC1 and NC3 are
-undefined: :class:`ClassMeansCoincide` (a ValueError) is raised.  This is what a network whose
-features carry no class information gives, e.g. a ResNet that L-BFGS under weight decay 1e-1 drove
-to features that no longer differ between classes (after step 2: one vector for every image;
-``tools/recipe_search.py``): in float32 its pass-1
-means differ by rounding (3e-6 relative), the exact means of pass 2 by 2e-13 and 1.2e-12 of their
-size (two such cases), and without the check NC1 came out as -6.8e-4.  The cutoff 1e-10 is a
-thousandth of the float32 resolution of one feature (1.2e-7) and 80 times the larger of those two;
-the float32 products of pass 2 bound that rounding by about 4e-12.  In training this stops the run
-as diverged (:func:`nclib.train.train`).
+Coinciding class means.  When the class means agree to within ``1e-10`` of their size for
+float32 features, ``1e-13`` for float64 ones (``_MEAN_RTOL``; exactly equal means included),
+Sigma_B is zero or rounding, and NC1 and NC3 are undefined: :class:`ClassMeansCoincide` (a
+ValueError) is raised.  This is what a network whose features carry no class information
+gives, e.g. a ResNet that L-BFGS under weight decay 1e-1 drove to features that no longer
+differ between classes (after step 2: one vector for every image; ``tools/recipe_search.py``):
+in float32 its pass-1 means differ by rounding (3e-6 relative), the exact means of pass 2 by
+2e-13 and 1.2e-12 of their size (two such cases), and without the check NC1 came out as
+-6.8e-4.  The float32 cutoff is about a thousandth of the float32 resolution of one feature
+(1.2e-7) and 80 times the larger of those two (the float32 products of pass 2 bound that rounding
+by about 4e-12).  Float64 features resolve far smaller differences: their cutoff is over 1,000
+times the rounding of the exact means measured on constant float64 features (at most 6e-17).
+In training this stops the run as diverged (:func:`nclib.train.train`).
 
 Why the authors' float32 NC1 has a floor (checked in ``benchmarks/bench_metrics.py``, noise
 sweep): their ``validate_NC.py`` adds the features of a class into its mean one sample at a
@@ -123,7 +125,8 @@ __all__ = [
 
 _CONVENTIONS = ("zhu", "papyan")
 _EIG_RTOL = 1e-12  # eigenvalues of Sigma_B below rtol * max are treated as zero (see module doc)
-_MEAN_RTOL = 1e-10  # class means whose spread is below this of their size coincide (module doc)
+#: class means whose spread is below this fraction of their size coincide, by the features' dtype (module doc)
+_MEAN_RTOL = {torch.float32: 1e-10, torch.float64: 1e-13}
 _SPAN_RTOL = 1e-15  # basis Q of the class-mean span keeps directions above this (a superset)
 _CHUNK = 1024  # rows per chunk (2 MiB of float32 at d = 512; 5% faster than 512 rows, measured)
 _POST_BLOCK = 8192  # samples per block of pass 2's float64 post-processing (one class per block)
@@ -136,13 +139,14 @@ class ClassMeansCoincide(ValueError):
     their size), so Sigma_B = 0 and NC1 and NC3 are undefined (module docstring)."""
 
 
-def _check_spread(C: torch.Tensor, size: float) -> None:
+def _check_spread(C: torch.Tensor, size: float, dtype=torch.float32) -> None:
     """Raise :class:`ClassMeansCoincide` unless the centred class means ``C`` spread beyond
-    ``_MEAN_RTOL`` times ``size`` (the largest magnitude of the class means)."""
-    spread = _amax(C)
-    if spread == 0 or spread <= _MEAN_RTOL * size:
+    ``_MEAN_RTOL[dtype]`` (``dtype``: the features') times ``size`` (the largest magnitude of the
+    class means)."""
+    spread, rtol = _amax(C), _MEAN_RTOL[dtype]
+    if spread == 0 or spread <= rtol * size:
         rel = f"{spread / size:.1e} of their size" if size else "zero"
-        raise ClassMeansCoincide(f"the class means coincide (their spread is {rel}, at most {_MEAN_RTOL:g}): "
+        raise ClassMeansCoincide(f"the class means coincide (their spread is {rel}, at most {rtol:g}): "
                                  "Sigma_B = 0 and NC1, NC3 are undefined")
 
 
@@ -596,7 +600,7 @@ def _stats(src: _Source, K: int, *, W=None, b=None, want_ncc=False, name="H", su
     m64, SW, zsum, correct, mismatch = _residual_pass(src, K, means, Q, Wn, bn, want_ncc, counts=counts)
     N, q = src.N, Q.shape[1]
     MQ = m64 @ Q + zsum[:, :q] / counts[:, None]  # exact class means, Q coordinates
-    _check_spread(MQ - MQ.mean(0), _amax(m64))  # class means equal to rounding: NC1, NC3 undefined
+    _check_spread(MQ - MQ.mean(0), _amax(m64), src.dtype)  # class means equal to rounding: NC1, NC3 undefined
     st = _Stats(_nc1s(SW / N, MQ, counts, K, min(K - 1, src.d)), MQ - MQ.mean(0))
     if W is not None:
         MW = m64 @ Wn.T + zsum[:, q:] / counts[:, None]  # row k: Wn mu_k (exact, scaled)
@@ -681,7 +685,7 @@ def nc3(W, H, y) -> float:
     """Self-duality, eq. (9): ||W Hbar/||W Hbar||_F - ETF||_F with Hbar the centred class means."""
     src, K, Wt = _prepare(H, y, W=W)
     counts, means = _exact_means(src, K)
-    _check_spread(means - means.mean(0), _amax(means))
+    _check_spread(means - means.mean(0), _amax(means), src.dtype)
     C = means - _global_mean(means, counts, "zhu")
     return _etf_distance((Wt * _pow2(_amax(Wt))) @ (C * _pow2(_amax(C))).T)
 
@@ -801,6 +805,7 @@ class _Streaming:
 
     def __init__(self, K: int, d: int, device, first: torch.Tensor):
         self.K, self.d = K, d
+        self.dtype = torch.float32  # the features' (float64 once any batch is), for the coincidence check
         self.scale = _pow2(_amax(first))
         z = dict(dtype=torch.float64, device=device)
         self.counts = torch.zeros(K, **z)
@@ -810,6 +815,8 @@ class _Streaming:
         self.scatter = torch.zeros(d, d, **z)
 
     def add(self, Ht: torch.Tensor, yt: torch.Tensor) -> None:
+        if Ht.dtype == torch.float64:
+            self.dtype = torch.float64
         X = Ht.to(torch.float64) * self.scale
         cnt = torch.bincount(yt, minlength=self.K).to(torch.float64)
         s = torch.zeros(self.K, self.d, dtype=torch.float64, device=X.device).index_add_(0, yt, X)
@@ -829,7 +836,7 @@ class _Streaming:
         dm = means - self.shift
         # N Sigma_W = sum_i (h_i - s_y)(h_i - s_y)^T - sum_k n_k (mu_k - s_k)(mu_k - s_k)^T
         SW = self.scatter - (dm * self.counts[:, None]).T @ dm
-        _check_spread(means - means.mean(0), _amax(means))
+        _check_spread(means - means.mean(0), _amax(means), self.dtype)
         Q = _span_basis(means - means.mean(0))
         SWq = Q.T @ SW @ Q / N
         nc1s = _nc1s(SWq, means @ Q, self.counts, self.K, min(self.K - 1, self.d))

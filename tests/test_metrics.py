@@ -670,9 +670,9 @@ def test_features_of_a_dead_network_raise_class_means_coincide():
             acc.compute(W, b)
 
 
-@pytest.mark.parametrize("rel,defined", [(1e-11, False), (1e-8, True)])
-def test_class_means_spread_threshold_both_sides(rel, defined):
-    # float64 features at size ~5 whose class means differ by `rel` of that size: below 1e-10 they
+@pytest.mark.parametrize("rel,defined", [(1e-14, False), (1e-11, True)])
+def test_class_means_spread_threshold_both_sides_float64(rel, defined):
+    # float64 features at size ~5 whose class means differ by `rel` of that size: below 1e-13 they
     # count as coinciding; above, NC1 is the brute-force value on the features less their common offset
     rng = np.random.default_rng(1)
     K, n, d = 3, 40, 6
@@ -685,7 +685,29 @@ def test_class_means_spread_threshold_both_sides(rel, defined):
             metrics.nc1(H, y)
         return
     ref = brute_force(np.eye(K, d), np.zeros(K), H - base, y, K)[0]  # exact offset removal (Sterbenz)
-    assert metrics.nc1(H, y) == pytest.approx(ref, rel=1e-5)
+    # the class means carry float64 rounding of the offset (eps * 5 ~ 1e-15) against a spread of 5e-11: ~2e-5
+    assert metrics.nc1(H, y) == pytest.approx(ref, rel=1e-4)
+
+
+@pytest.mark.parametrize("changed,defined", [(1, False), (1000, True)])
+def test_class_means_spread_threshold_both_sides_float32(changed, defined):
+    # float32: every sample the same vector, except that in classes 1 and 2 `changed` of their 5,000 samples
+    # have one coordinate one ulp higher; their means differ by changed/5000 ulp, about 2.4e-11 (below the
+    # float32 cutoff 1e-10: coinciding) or 2.4e-8 (above: NC1 is the brute-force value)
+    K, n, d = 3, 5000, 8
+    h = np.full(d, 1.0, dtype=np.float32)
+    H = np.tile(h, (K * n, 1))
+    y = np.repeat(np.arange(K), n)
+    up = np.nextafter(np.float32(1.0), np.float32(2.0))
+    H[n:n + changed, 0] = up  # class 1, first coordinate
+    H[2 * n:2 * n + changed, 1] = up  # class 2, second coordinate (Sigma_B of rank K - 1 = 2)
+    assert (H[:, 0].astype(np.float64) - 1.0).sum() / n == pytest.approx(changed / n * 2.0 ** -23)
+    if not defined:
+        with pytest.raises(metrics.ClassMeansCoincide):
+            metrics.nc1(H, y)
+        return
+    ref = brute_force(np.eye(K, d), np.zeros(K), H.astype(np.float64) - 1.0, y, K)[0]  # exact: the offset removed
+    assert metrics.nc1(H, y) == pytest.approx(ref, rel=1e-6)
 
 
 @pytest.mark.parametrize("n", [500, 9000])  # 9,000 per class: blocks of 8,192 and a between-block term
