@@ -136,7 +136,8 @@ _MAX_LABEL = 2 ** 53
 
 class ClassMeansCoincide(ValueError):
     """The class means coincide (exactly, or to rounding: their spread is below ``1e-10`` of
-    their size), so Sigma_B = 0 and NC1 and NC3 are undefined (module docstring)."""
+    their size for float32 features, ``1e-13`` for float64), so Sigma_B = 0 and NC1 and NC3 are
+    undefined (module docstring)."""
 
 
 def _check_spread(C: torch.Tensor, size: float, dtype=torch.float32) -> None:
@@ -600,8 +601,9 @@ def _stats(src: _Source, K: int, *, W=None, b=None, want_ncc=False, name="H", su
     m64, SW, zsum, correct, mismatch = _residual_pass(src, K, means, Q, Wn, bn, want_ncc, counts=counts)
     N, q = src.N, Q.shape[1]
     MQ = m64 @ Q + zsum[:, :q] / counts[:, None]  # exact class means, Q coordinates
-    _check_spread(MQ - MQ.mean(0), _amax(m64), src.dtype)  # class means equal to rounding: NC1, NC3 undefined
-    st = _Stats(_nc1s(SW / N, MQ, counts, K, min(K - 1, src.d)), MQ - MQ.mean(0))
+    CQ = MQ - MQ.mean(0)
+    _check_spread(CQ, _amax(m64), src.dtype)  # class means equal to rounding: NC1, NC3 undefined
+    st = _Stats(_nc1s(SW / N, MQ, counts, K, min(K - 1, src.d)), CQ)
     if W is not None:
         MW = m64 @ Wn.T + zsum[:, q:] / counts[:, None]  # row k: Wn mu_k (exact, scaled)
         WhG = counts @ MW / N
@@ -836,8 +838,9 @@ class _Streaming:
         dm = means - self.shift
         # N Sigma_W = sum_i (h_i - s_y)(h_i - s_y)^T - sum_k n_k (mu_k - s_k)(mu_k - s_k)^T
         SW = self.scatter - (dm * self.counts[:, None]).T @ dm
-        _check_spread(means - means.mean(0), _amax(means), self.dtype)
-        Q = _span_basis(means - means.mean(0))
+        C = means - means.mean(0)
+        _check_spread(C, _amax(means), self.dtype)
+        Q = _span_basis(C)
         SWq = Q.T @ SW @ Q / N
         nc1s = _nc1s(SWq, means @ Q, self.counts, self.K, min(self.K - 1, self.d))
         return _stats_from_means(means / self.scale, self.counts, nc1s, W)
