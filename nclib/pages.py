@@ -860,6 +860,80 @@ def same_schedule_markdown(records: list, runs: dict) -> str:
             "record:\n\n" + "\n".join(lines) + "\n\n" + verdict)
 
 
+def moved_schedule_rows(records: list, runs: dict) -> list:
+    """Records of ``tools/frontier.py --milestones`` (the epochs of a ``cpu`` run kept, its
+    learning-rate steps moved) paired by run and machine: for each run of ``runs`` (label -> stored
+    ``cpu`` results) and each CPU with a record on the stored schedule and one on another,
+    ``(label, cpu, [(record, wrong)], same_start)``, the records sorted by milestones, ``wrong`` the
+    ``(epoch, images wrong)`` of the training set at the logged epochs of the last quarter where
+    accuracy fell short of 100%, and ``same_start`` whether the histories agree up to the first
+    milestone where the schedules still agree (the same training until the first step that moved)."""
+    by_name = _cpu_runs_by_name(runs)
+    rows = []
+    for name, (label, res) in by_name.items():
+        cfg, n = res["config"], res["data"]["n_train"]
+        for cpu in sorted({r.get("cpu") or "" for r in records if r["name"] == name}):
+            mine = sorted((r for r in records if r["name"] == name and (r.get("cpu") or "") == cpu
+                           and r["epochs"] == cfg["epochs"]), key=lambda r: r["lr_milestones"])
+            if not any(_on_schedule(r, cfg["epochs"], cfg.get("lr_milestones")) for r in mine) or len(mine) < 2:
+                continue
+            wrong = [[(e, round((1 - a) * n)) for e, a in zip(r["history"]["epoch"], r["history"]["train_acc"])
+                      if e > 0.75 * cfg["epochs"] and a < 1.0] for r in mine]
+            shared = min(_shared_steps(r["lr_milestones"], mine[0]["lr_milestones"]) for r in mine)
+            upto = [{k: [v for e, v in zip(r["history"]["epoch"], r["history"][k]) if e <= shared]
+                     for k in ("train_acc", "nc1")} for r in mine]
+            rows.append((label, cpu, list(zip(mine, wrong)), all(u == upto[0] for u in upto)))
+    return rows
+
+
+def _shared_steps(a, b) -> int:
+    """The epoch up to which two schedules' learning rates agree: the first milestone where they differ."""
+    for x, y in zip(a, b):
+        if x != y:
+            return min(x, y)
+    return min(a[-1], b[-1]) if a and b else 0
+
+
+def moved_schedule_markdown(records: list, runs: dict) -> str:
+    """What moving a stored ``cpu`` run's learning-rate steps did on one machine: one line per row of
+    :func:`moved_schedule_rows` (the training images wrong in the last quarter under each schedule and
+    the targets missed), then in how many trainings the moved schedule met every target; "" when no
+    record matches."""
+    rows = moved_schedule_rows(records, runs)
+    if not rows:
+        return ""
+    lines, fixed, n_runs, acc_missed = [], 0, 0, 0
+    for label, cpu, recs, same_start in rows:
+        parts = []
+        cfg = runs[label]["config"]
+        for rec, wrong in recs:
+            missed = [c["target"] for c in frontier_checks(rec) if not c["met"]]
+            on = _on_schedule(rec, cfg["epochs"], cfg.get("lr_milestones"))
+            worst = max((w for _, w in wrong), default=0)
+            where = f"at most {worst} training image{'s' if worst != 1 else ''} wrong (epochs " + \
+                ", ".join(str(e) for e, _ in wrong) + ")" if wrong else "none wrong"
+            parts.append(f"steps at {', '.join(map(str, rec['lr_milestones']))}{' (the recipe)' if on else ''}: "
+                         f"{where}, {'every target met' if not missed else 'missed ' + ', '.join(missed)}")
+            if not on:
+                n_runs += 1
+                fixed += not missed
+                acc_missed += "train acc = 100% (last quarter)" in missed
+        start = " (the same training up to the first step that moved)" if same_start else ""
+        lines.append(f"- {label}, on {cpu or 'an unnamed CPU'}{start}: " + "; ".join(parts) + ".")
+    if fixed:
+        verdict = f"The moved schedule met every target in {fixed} of {n_runs} trainings." if n_runs > 1 else \
+            "The moved schedule met every target."
+    else:
+        verdict = (f"In none of these {n_runs} trainings did the moved schedule meet every target" if n_runs > 1 else
+                   "The moved schedule did not meet every target either")
+        verdict += (": the images left wrong in the last quarter are not a matter of where the last step falls."
+                    if acc_missed == n_runs else ".")
+    return ("Moving the learning-rate steps instead (`tools/frontier.py --milestones`, `results/frontier_schedules.jsonl`; "
+            "the same configuration, seed and epochs, both schedules trained on one machine, one thread, "
+            "training-set targets only). Images of the training set wrong at a logged epoch of the last quarter:\n\n"
+            + "\n".join(lines) + "\n\n" + verdict)
+
+
 def frontier_on_stored_schedule(records: list, results_dir) -> list:
     """The records of ``tools/frontier.py`` whose schedule (epochs and milestones) is that of the
     ``cpu`` configuration of their name today, paired with its stored results in ``results_dir``:

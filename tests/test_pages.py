@@ -296,3 +296,41 @@ def test_profile_core_hours_counts_trainings_not_copies(tmp_path, monkeypatch):
     assert pages.profile_core_hours(tmp_path / "empty", "cpu") == (0.0, 0)
     with pytest.raises(ValueError, match="unknown profile 'auto'"):
         pages.profile_core_hours(tmp_path, "auto")
+
+
+def test_moved_schedule_rows_and_markdown_hand_made():
+    # a CIFAR-10 run of 400 epochs, steps at 200 and 300 (the recipe) or 200 and 280; the last quarter
+    # holds the logged epochs 350 and 400; 5,000 training images, so 99.96% is 2 wrong
+    def rec(ms, acc_350, cpu="CPU A", early=0.5):
+        h = dict(epoch=[1, 200, 350, 400], train_acc=[early, 0.99, acc_350, 1.0], nc1=[1.0, 0.1, 0.01, 0.004],
+                 nc2=[0.5, 0.2, 0.1, 0.1], nc3=[0.5, 0.2, 0.1, 0.1], nc4=[1.0, 2.0, 0.5, 0.4])
+        return dict(name="fig6-cifar10-eq4", factor=1.0, epochs=400, lr_milestones=ms, wall_s=900.0, cpu=cpu, history=h)
+    stored = dict(config=dict(name="fig6-cifar10-eq4", profile="cpu", dataset="cifar10-jpeg", epochs=400,
+                              lr_milestones=[200, 300]), data=dict(n_train=5000))
+    runs = {"cifar eq4": stored}
+    recipe, moved = rec([200, 300], 0.9996), rec([200, 280], 0.9998)
+    other_cpu = rec([200, 280], 1.0, cpu="CPU B")  # no record of the recipe's schedule on CPU B: not paired
+    rows = pages.moved_schedule_rows([moved, recipe, other_cpu], runs)
+    assert [(label, cpu, [r["lr_milestones"] for r, _ in recs], [w for _, w in recs], same)
+            for label, cpu, recs, same in rows] == [("cifar eq4", "CPU A", [[200, 280], [200, 300]],
+                                                     [[(350, 1)], [(350, 2)]], True)]
+    text = pages.moved_schedule_markdown([moved, recipe, other_cpu], runs)
+    assert text.split("\n\n")[1] == (
+        "- cifar eq4, on CPU A (the same training up to the first step that moved): steps at 200, 280: at most 1 "
+        "training image wrong (epochs 350), missed train acc = 100% (last quarter); steps at 200, 300 (the recipe): "
+        "at most 2 training images wrong (epochs 350), missed train acc = 100% (last quarter).")
+    assert text.endswith("The moved schedule did not meet every target either: the images left wrong in "
+                         "the last quarter are not a matter of where the last step falls.")
+    both = pages.moved_schedule_markdown([moved, recipe, dict(moved, name="fig7-cifar10-resnet18-dk"),
+                                          dict(recipe, name="fig7-cifar10-resnet18-dk")],
+                                         dict(runs, dk=dict(stored, config=dict(stored["config"], name="fig7-cifar10-resnet18-dk"))))
+    assert both.endswith("In none of these 2 trainings did the moved schedule meet every target: the images left "
+                         "wrong in the last quarter are not a matter of where the last step falls.")
+    fixed = rec([200, 280], 1.0)
+    text = pages.moved_schedule_markdown([fixed, recipe], runs)
+    assert "steps at 200, 280: none wrong, every target met" in text
+    assert text.endswith("The moved schedule met every target.")
+    diverged_early = rec([200, 280], 1.0, early=0.6)  # epoch 1 differs: not the same training before the step
+    assert "(the same training" not in pages.moved_schedule_markdown([diverged_early, recipe], runs)
+    assert pages.moved_schedule_markdown([moved], runs) == ""  # no record of the recipe's schedule to compare
+    assert pages.moved_schedule_markdown([moved, recipe], {}) == ""

@@ -107,3 +107,38 @@ def test_frontier_from_results_records_only_stretched_runs(tmp_path, monkeypatch
     assert [json.loads(line)["name"] for line in out.read_text().splitlines()] == ["fig7-mnist-resnet18-dk"]
     with pytest.raises(SystemExit):
         F.main(["--from-results", str(tmp_path), "--factor", "3.0", "--out", str(out)])  # none stretched 3x
+
+
+def test_frontier_moved_milestones_keep_the_epochs_and_refuse_bad_steps(capsys):
+    F = _tool("frontier")
+    base = F.configs.get_config("fig6-cifar10-eq4", "cpu")
+    cfg = F.moved("fig6-cifar10-eq4", [175, 275])
+    assert (cfg.epochs, cfg.lr_milestones) == (base.epochs, (175, 275))
+    assert cfg.replace(lr_milestones=base.lr_milestones) == base  # nothing else changed
+    for bad in ([275, 175], [175, 175], [0, 100], [175, base.epochs]):
+        with pytest.raises(ValueError, match="milestones must increase"):
+            F.moved("fig6-cifar10-eq4", bad)
+    with pytest.raises(ValueError, match="no learning-rate milestones"):
+        F.moved("fig3-cifar10-lbfgs", [1, 2])
+    for argv, msg in ((["--milestones", "175,x", "fig6-cifar10-eq4"], "separated by commas"),
+                      (["--milestones", "175,400", "fig6-cifar10-eq4"], "milestones must increase")):
+        with pytest.raises(SystemExit):
+            F.main(argv)
+        assert msg in capsys.readouterr().err
+
+
+def test_targets_report_schedule_table_one_row_per_record(tmp_path, capsys):
+    T = _tool("targets_report")
+    hist = lambda last_acc: dict(epoch=[1, 100, 300, 375], train_acc=[0.5, 1.0, last_acc, 1.0],  # noqa: E731
+                                 nc1=[1.0, 0.1, 0.01, 0.005], nc2=[0.5, 0.2, 0.1, 0.1], nc3=[0.5, 0.2, 0.1, 0.1],
+                                 nc4=[1.0, 2.0, 0.5, 0.4])
+    late = dict(name="fig7-mnist-resnet18-dk", factor=1.0, epochs=375, lr_milestones=[175, 300], wall_s=1200.0,
+                cpu="Some CPU", history=hist(0.9996))  # one image wrong at epoch 300, in the last quarter
+    early = dict(late, lr_milestones=[175, 275], wall_s=1260.0, history=hist(1.0))
+    (tmp_path / "m.jsonl").write_text(json.dumps(late) + "\n" + json.dumps(early) + "\n")
+    T.main(["--schedules", str(tmp_path / "m.jsonl")])
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert rows == ["| fig7-mnist-resnet18-dk | 175, 275 of 375 | Some CPU | 21.0 min | 0.005 | 0.1 | 0.1 | 100.00% "
+                    "| all met |",
+                    "| fig7-mnist-resnet18-dk | 175, 300 of 375 | Some CPU | 20.0 min | 0.005 | 0.1 | 0.1 | 99.96% "
+                    "| missed: train acc = 100% (last quarter) |"]

@@ -12,6 +12,11 @@ Usage::
 
     python tools/frontier.py [--factor 1.5] NAME [NAME ...]
     python tools/frontier.py --from-results DIR --factor 2.5   # records of runs already trained into DIR
+    python tools/frontier.py --milestones 175,275 NAME [NAME ...]   # the same epochs, other steps
+
+``--milestones E1,E2`` keeps the epochs and moves the learning-rate steps instead (e.g. ``175,275``:
+the whole last quarter at the final learning rate); its records say factor 1 and the milestones, and
+go to a file of their own, ``book/results/frontier_schedules.jsonl``, apart from the stretched runs.
 
 ``--from-results`` records the ``cpu`` results files in DIR whose configuration is the stretched one
 (e.g. a whole profile regenerated with a longer schedule into a scratch folder), instead of training.
@@ -28,6 +33,7 @@ import time
 from nclib import configs, experiments, pages, threads
 
 OUT = pathlib.Path(__file__).resolve().parents[1] / "book" / "results" / "frontier.jsonl"
+OUT_MOVED = OUT.with_name("frontier_schedules.jsonl")  # the records of --milestones
 KEEP = ("epoch", "train_acc", "nc1", "nc2", "nc3", "nc4", "test_acc", "test_nc1")
 
 
@@ -38,6 +44,17 @@ def stretched(name: str, factor: float) -> configs.ExperimentConfig:
         raise ValueError(f"{name!r} has no learning-rate milestones (L-BFGS?): nothing to stretch")
     return cfg.replace(epochs=round(cfg.epochs * factor),
                        lr_milestones=tuple(round(m * factor) for m in cfg.lr_milestones))
+
+
+def moved(name: str, milestones) -> configs.ExperimentConfig:
+    """The ``cpu`` configuration ``name`` with its epochs kept and its learning-rate steps at ``milestones``."""
+    cfg = configs.get_config(name, "cpu")
+    if cfg.lr_milestones is None:
+        raise ValueError(f"{name!r} has no learning-rate milestones (L-BFGS?): nothing to move")
+    ms = tuple(int(m) for m in milestones)
+    if list(ms) != sorted(set(ms)) or not 0 < ms[0] or not ms[-1] < cfg.epochs:
+        raise ValueError(f"milestones must increase strictly within 1..{cfg.epochs - 1}, got {ms}")
+    return cfg.replace(lr_milestones=ms)
 
 
 def record(name: str, factor: float, cfg: configs.ExperimentConfig, res: dict, wall_s: float, n_threads) -> dict:
@@ -74,8 +91,13 @@ def main(argv=None):
     ap.add_argument("--from-results", type=pathlib.Path, default=None,
                     help="record the stretched runs already trained into this folder instead of training")
     ap.add_argument("--factor", type=float, default=1.5)
-    ap.add_argument("--out", type=pathlib.Path, default=OUT)
+    ap.add_argument("--milestones", default=None, metavar="E1,E2",
+                    help="keep the epochs, step the learning rate at these epochs instead (factor recorded as 1)")
+    ap.add_argument("--out", type=pathlib.Path, default=None,
+                    help=f"default: {OUT.name}, or {OUT_MOVED.name} with --milestones (in book/results)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = OUT_MOVED if args.milestones is not None else OUT
     if not args.factor > 0:
         ap.error(f"--factor must be > 0, got {args.factor}")
     if args.from_results is not None:
@@ -93,7 +115,15 @@ def main(argv=None):
     if not args.names:
         ap.error("give at least one NAME (or --from-results DIR)")
     try:  # every name checked before the first run trains
-        cfgs = {name: stretched(name, args.factor) for name in args.names}
+        if args.milestones is not None:
+            args.factor = 1.0
+            try:
+                ms = [int(m) for m in args.milestones.split(",")]
+            except ValueError:
+                ap.error(f"--milestones takes epochs separated by commas, got {args.milestones!r}")
+            cfgs = {name: moved(name, ms) for name in args.names}
+        else:
+            cfgs = {name: stretched(name, args.factor) for name in args.names}
     except ValueError as exc:
         ap.error(str(exc))
     n_threads = threads.configure(1)

@@ -4,6 +4,7 @@ Usage::
 
     python tools/targets_report.py [--profile cpu] [--results-dir book/results]
     python tools/targets_report.py --frontier     # the runs of tools/frontier.py (results/frontier.jsonl)
+    python tools/targets_report.py --schedules FILE   # records of tools/frontier.py --milestones, by run
 
 One row per configuration of the profile that has a stored result; a run that another run trains
 (e.g. ``fig6-*-all`` is ``fig3-*-sgd``) is a copy of that result and its wall time says "copy of ...";
@@ -12,6 +13,7 @@ training / test set, accuracies, and the targets missed (``nclib.pages.terminal_
 "-" for runs outside Figures 3, 4, 6 and 7, which have no targets).
 """
 import argparse
+import json
 import math
 
 from nclib import configs as C
@@ -63,12 +65,32 @@ def frontier_table(results_dir: str) -> None:
               f"{', '.join(before) or 'none'} | {', '.join(after) or 'none: all met'} |")
 
 
+def schedule_table(path: str) -> None:
+    """The records in ``path`` (``tools/frontier.py --milestones``: one configuration trained with its
+    learning-rate steps at different epochs), grouped by run: what each schedule reaches on the
+    training set and the targets it misses."""
+    print("| run | steps at | CPU | wall time | NC1 | NC2 | NC3 | train acc, last quarter (min) | targets |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|")
+    records = [json.loads(line) for line in open(path) if line.strip()]
+    for rec in sorted(records, key=lambda r: (r["name"], r["lr_milestones"])):
+        h, checks = rec["history"], P.frontier_checks(rec)
+        missed = [c["target"] for c in checks if not c["met"]]
+        print(f"| {rec['name']} | {', '.join(map(str, rec['lr_milestones']))} of {rec['epochs']} | "
+              f"{rec.get('cpu') or '-'} | {rec['wall_s'] / 60:.1f} min | {_g(h['nc1'][-1])} | {_g(h['nc2'][-1])} | "
+              f"{_g(h['nc3'][-1])} | {100 * checks[0]['value']:.2f}% | "
+              f"{'all met' if not missed else 'missed: ' + ', '.join(missed)} |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--results-dir", default="book/results")
     ap.add_argument("--frontier", action="store_true", help="the table of tools/frontier.py's runs instead")
+    ap.add_argument("--schedules", default=None, metavar="FILE",
+                    help="the table of the records of tools/frontier.py --milestones in FILE instead")
     a = ap.parse_args(argv)
+    if a.schedules:
+        return schedule_table(a.schedules)
     if a.frontier:
         return frontier_table(a.results_dir)
     print("| run | steps | wall time | NC1 train / test | NC2 | NC3 train / test | NC4 train / test | train acc "
