@@ -523,6 +523,12 @@ def _family(dataset: str) -> str:
     return "mnist" if dataset in ("mnist", "fashionmnist", "digits") else "cifar10"
 
 
+def _last_quarter(history: dict, epochs: int) -> list:
+    """``(epoch, train_acc)`` at the logged epochs of the last quarter of a run of ``epochs``
+    epochs (``epoch > 0.75 epochs``): where the accuracy target is checked."""
+    return [(e, a) for e, a in zip(history["epoch"], history["train_acc"]) if e > 0.75 * epochs]
+
+
 def terminal_phase_checks(res: dict) -> list:
     """The terminal-phase targets (:data:`TERMINAL_TARGETS`, :data:`NC1_DROP`) checked on one
     run's stored history.  Rows ``dict(target, value, threshold, met)``:
@@ -539,7 +545,7 @@ def terminal_phase_checks(res: dict) -> list:
     h, cfg = res["history"], res["config"]
     t = TERMINAL_TARGETS[_family(cfg["dataset"])]
     E_ = cfg["epochs"]
-    last_q = [a for e, a in zip(h["epoch"], h["train_acc"]) if e > 0.75 * E_]
+    last_q = [a for _, a in _last_quarter(h, E_)]
     nc1_first = next(v for e, v in zip(h["epoch"], h["nc1"]) if e >= 1)
     drop = nc1_first / h["nc1"][-1] if h["nc1"][-1] > 0 else float("inf")
     nc4_max = max(h["nc4"])
@@ -864,9 +870,10 @@ def moved_schedule_rows(records: list, runs: dict) -> list:
     """Records of ``tools/frontier.py --milestones`` (the epochs of a ``cpu`` run kept, its
     learning-rate steps moved) paired by run and machine: for each run of ``runs`` (label -> stored
     ``cpu`` results) and each CPU with a record on the stored schedule and one on another,
-    ``(label, cpu, [(record, wrong)], same_start)``, the records sorted by milestones, ``wrong`` the
-    ``(epoch, images wrong)`` of the training set at the logged epochs of the last quarter where
-    accuracy fell short of 100%, and ``same_start`` whether the histories agree up to the first
+    ``(label, cpu, [(record, wrong, recipe)], same_start)``, the records sorted by milestones, ``wrong``
+    the ``(epoch, images wrong)`` of the training set at the logged epochs of the last quarter where
+    accuracy fell short of 100%, ``recipe`` whether the record trained the stored run's own schedule,
+    and ``same_start`` whether the histories agree up to the first
     milestone where the schedules still agree (the same training until the first step that moved)."""
     by_name = _cpu_runs_by_name(runs)
     rows = []
@@ -875,14 +882,15 @@ def moved_schedule_rows(records: list, runs: dict) -> list:
         for cpu in sorted({r.get("cpu") or "" for r in records if r["name"] == name}):
             mine = sorted((r for r in records if r["name"] == name and (r.get("cpu") or "") == cpu
                            and r["epochs"] == cfg["epochs"]), key=lambda r: r["lr_milestones"])
-            if not any(_on_schedule(r, cfg["epochs"], cfg.get("lr_milestones")) for r in mine) or len(mine) < 2:
+            recipe = [_on_schedule(r, cfg["epochs"], cfg.get("lr_milestones")) for r in mine]
+            if not any(recipe) or len(mine) < 2:
                 continue
-            wrong = [[(e, round((1 - a) * n)) for e, a in zip(r["history"]["epoch"], r["history"]["train_acc"])
-                      if e > 0.75 * cfg["epochs"] and a < 1.0] for r in mine]
+            wrong = [[(e, round((1 - a) * n)) for e, a in _last_quarter(r["history"], cfg["epochs"]) if a < 1.0]
+                     for r in mine]
             shared = min(_shared_steps(r["lr_milestones"], mine[0]["lr_milestones"]) for r in mine)
             upto = [{k: [v for e, v in zip(r["history"]["epoch"], r["history"][k]) if e <= shared]
                      for k in ("train_acc", "nc1")} for r in mine]
-            rows.append((label, cpu, list(zip(mine, wrong)), all(u == upto[0] for u in upto)))
+            rows.append((label, cpu, list(zip(mine, wrong, recipe)), all(u == upto[0] for u in upto)))
     return rows
 
 
@@ -905,10 +913,8 @@ def moved_schedule_markdown(records: list, runs: dict) -> str:
     lines, fixed, n_runs, acc_missed, recipe_met = [], 0, 0, 0, 0
     for label, cpu, recs, same_start in rows:
         parts = []
-        cfg = runs[label]["config"]
-        for rec, wrong in recs:
+        for rec, wrong, on in recs:
             missed = [c["target"] for c in frontier_checks(rec) if not c["met"]]
-            on = _on_schedule(rec, cfg["epochs"], cfg.get("lr_milestones"))
             worst = max((w for _, w in wrong), default=0)
             where = f"at most {worst} training image{'s' if worst != 1 else ''} wrong (epochs " + \
                 ", ".join(str(e) for e, _ in wrong) + ")" if wrong else "none wrong"

@@ -311,9 +311,10 @@ def test_moved_schedule_rows_and_markdown_hand_made():
     recipe, moved = rec([200, 300], 0.9996), rec([200, 280], 0.9998)
     other_cpu = rec([200, 280], 1.0, cpu="CPU B")  # no record of the recipe's schedule on CPU B: not paired
     rows = pages.moved_schedule_rows([moved, recipe, other_cpu], runs)
-    assert [(label, cpu, [r["lr_milestones"] for r, _ in recs], [w for _, w in recs], same)
+    assert [(label, cpu, [r["lr_milestones"] for r, _, _ in recs], [w for _, w, _ in recs],
+             [on for _, _, on in recs], same)
             for label, cpu, recs, same in rows] == [("cifar eq4", "CPU A", [[200, 280], [200, 300]],
-                                                     [[(350, 1)], [(350, 2)]], True)]
+                                                     [[(350, 1)], [(350, 2)]], [False, True], True)]
     text = pages.moved_schedule_markdown([moved, recipe, other_cpu], runs)
     assert text.split("\n\n")[1] == (
         "- cifar eq4, on CPU A (the same training up to the first step that moved): steps at 200, 280: at most 1 "
