@@ -58,6 +58,9 @@ def test_tables_and_summary():
     s = pages.summary_markdown(runs, {"a": "cpu", "b": "cpu"})
     assert "1 of the 2 runs shown meet every terminal-phase target" in s and "NC3 final: 0.5 against 0.15" in s
     assert "10 to 10 times its training-set value" in s
+    assert "1 run misses at least one target: b (NC3 final" in s
+    assert "2 runs miss at least one target" in pages.summary_markdown({"b": runs["b"], "c": runs["b"]},
+                                                                        {"b": "cpu", "c": "cpu"})
     assert "smoke" in pages.summary_markdown(runs, {"a": "smoke", "b": "smoke"})
     # a fixed ETF classifier: NC2 is 0 by construction, shown as not applying, counted as met
     fx = fake_result(nc2=(0.0, 0.0, 0.0, 0.0))
@@ -277,7 +280,7 @@ def test_same_schedule_rows_and_markdown_hand_made():
     assert both.endswith("\n\nThe two trainings meet and miss the same targets.")
     two = pages.same_schedule_markdown([dict(rec, history=h), dict(rec, history=h, cpu="Intel Xeon")],
                                        {"mnist dk": stored})
-    assert two.endswith("\n\nIn all 2 cases the two trainings meet and miss the same targets.")
+    assert two.endswith("\n\nIn both cases the two trainings meet and miss the same targets.")
     other_milestones = dict(rec, lr_milestones=[100, 180])
     assert pages.same_schedule_rows([other_milestones], {"mnist dk": stored}) == []
     assert pages.same_schedule_markdown([rec], {}) == ""
@@ -318,8 +321,8 @@ def test_moved_schedule_rows_and_markdown_hand_made():
     text = pages.moved_schedule_markdown([moved, recipe, other_cpu], runs)
     assert text.split("\n\n")[1] == (
         "- cifar eq4, on CPU A (the same training up to the first step that moved): steps at 200, 280: at most 1 "
-        "training image wrong (epochs 350), missed train acc = 100% (last quarter); steps at 200, 300 (the recipe): "
-        "at most 2 training images wrong (epochs 350), missed train acc = 100% (last quarter).")
+        "training image wrong (epoch 350), missed train acc = 100% (last quarter); steps at 200, 300 (the recipe): "
+        "at most 2 training images wrong (epoch 350), missed train acc = 100% (last quarter).")
     assert text.endswith("The moved schedule did not meet every target either: the images left wrong in "
                          "the last quarter are not a matter of where the last step falls.")
     both = pages.moved_schedule_markdown([moved, recipe, dict(moved, name="fig7-cifar10-resnet18-dk"),
