@@ -859,7 +859,8 @@ def same_schedule_markdown(records: list, runs: dict) -> str:
                    "the same recipe met a target in one training and missed it in the other, so that target sits "
                    "at the edge of what this recipe reaches.")
     else:
-        verdict = f"In {'both' if len(rows) == 2 else f'all {len(rows)}'} cases the two trainings meet and miss the same targets." if len(rows) > 1 \
+        cases = "both cases" if len(rows) == 2 else f"all {len(rows)} cases"
+        verdict = f"In {cases} the two trainings meet and miss the same targets." if len(rows) > 1 \
             else "The two trainings meet and miss the same targets."
     return ("The same configurations on the same schedule were also trained before this recipe was chosen "
             "(`tools/frontier.py`, `results/frontier.jsonl`; one thread; a record that names no CPU was made on an "
@@ -917,8 +918,8 @@ def moved_schedule_markdown(records: list, runs: dict) -> str:
         for rec, wrong, on in recs:
             missed = [c["target"] for c in frontier_checks(rec) if not c["met"]]
             worst = max((w for _, w in wrong), default=0)
-            where = f"at most {worst} training image{'s' if worst != 1 else ''} wrong (epoch{'s' if len(wrong) > 1 else ''} " + \
-                ", ".join(str(e) for e, _ in wrong) + ")" if wrong else "none wrong"
+            epochs = ("epochs " if len(wrong) > 1 else "epoch ") + ", ".join(str(e) for e, _ in wrong)
+            where = f"at most {worst} training image{'s' if worst != 1 else ''} wrong ({epochs})" if wrong else "none wrong"
             parts.append(f"steps at {', '.join(map(str, rec['lr_milestones']))}{' (the recipe)' if on else ''}: "
                          f"{where}, {'every target met' if not missed else 'missed ' + ', '.join(missed)}")
             if not on:

@@ -27,7 +27,7 @@ import sys
 
 import pytest
 
-from nclib import configs, experiments as E, threads
+from nclib import configs, experiments as E, pages, threads
 
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "book" / "results"
 
@@ -35,7 +35,7 @@ RETRAIN = """
 import json, sys
 from nclib import configs, experiments as E, threads
 threads.configure(int(sys.argv[1]))
-cfg = configs.get_config("fig3-mnist-sgd", "cpu").replace(epochs=2, log_epochs=(1, 2))  # before the milestones
+cfg = configs.get_config(sys.argv[3], "cpu").replace(epochs=2, log_epochs=(1, 2))  # before the milestones
 res = E.run_experiment(cfg, device="cpu", progress=False)
 json.dump(res, open(sys.argv[2], "w"))
 """
@@ -59,7 +59,7 @@ def test_first_epochs_of_a_stored_cpu_run_are_reproduced(tmp_path):
         pytest.skip(f"{path.name} predates the fields naming its CPU and kernels: nothing to compare against")
     trained_on = p["cpu_model"], p["cpu_capability"]  # retrain in the stored run's kernel environment
     env = {k: v for k, v in os.environ.items() if k not in threads.AVX2_KERNELS} | p.get("kernel_env", {})
-    subprocess.run([sys.executable, "-c", RETRAIN, str(stored["provenance"]["cpu_threads"]), str(out)],
+    subprocess.run([sys.executable, "-c", RETRAIN, str(stored["provenance"]["cpu_threads"]), str(out), cfg.name],
                    env=env, check=True, timeout=600)
     res = json.loads(out.read_text())
     h, s, q = res["history"], stored["history"], res["provenance"]
@@ -73,28 +73,14 @@ def test_first_epochs_of_a_stored_cpu_run_are_reproduced(tmp_path):
     assert res["content_hash"] == E.content_hash(res)  # the fresh results are plain JSON like the stored ones
 
 
-RETRAIN_RECORD = """
-import json, sys
-from nclib import configs, experiments as E, threads
-threads.configure(1)
-cfg = configs.get_config(sys.argv[1], "cpu").replace(epochs=2, log_epochs=(1, 2))  # before the milestones
-res = E.run_experiment(cfg, device="cpu", progress=False)
-json.dump(res, open(sys.argv[2], "w"))
-"""
-
-
 def _recipe_record_here():
     """A record of ``tools/frontier.py`` trained on this kind of CPU with its run's own ``cpu``
     configuration (epochs and milestones of the recipe), or None."""
     here = E._cpu_model()
-    for name in ("frontier_schedules.jsonl", "frontier.jsonl"):
-        path = RESULTS / name
-        lines = path.read_text().splitlines() if path.exists() else []
-        for rec in map(json.loads, filter(None, lines)):
-            if rec.get("cpu") != here or rec.get("threads") != 1 or not configs.has_profile(rec["name"], "cpu"):
-                continue
+    for rec in pages.read_jsonl(RESULTS, "frontier_schedules.jsonl") + pages.read_jsonl(RESULTS, "frontier.jsonl"):
+        if rec.get("cpu") == here and rec.get("threads") == 1 and configs.has_profile(rec["name"], "cpu"):
             cfg = configs.get_config(rec["name"], "cpu")
-            if (rec["epochs"], list(rec["lr_milestones"])) == (cfg.epochs, list(cfg.lr_milestones or ())):
+            if pages._on_schedule(rec, cfg.epochs, cfg.lr_milestones):
                 return rec
     return None
 
@@ -106,7 +92,7 @@ def test_first_epochs_of_a_recipe_record_made_on_this_cpu_are_reproduced(tmp_pat
         pytest.skip(f"no tools/frontier.py record of a cpu configuration was trained on {E._cpu_model()}")
     out = tmp_path / "retrained.json"
     env = {k: v for k, v in os.environ.items() if k not in threads.AVX2_KERNELS}  # the tool sets none
-    subprocess.run([sys.executable, "-c", RETRAIN_RECORD, rec["name"], str(out)], env=env, check=True, timeout=600)
+    subprocess.run([sys.executable, "-c", RETRAIN, "1", str(out), rec["name"]], env=env, check=True, timeout=600)
     h = json.loads(out.read_text())["history"]
     misses = _misses(h, rec["history"], per_epoch_loss=False)
     assert not misses, f"{rec['name']} recorded at {rec['commit']} on {rec['cpu']}:\n  " + "\n  ".join(misses)
